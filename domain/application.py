@@ -1,0 +1,758 @@
+"""The partner programme application: one command method per lifecycle step.
+
+Each method loads aggregates, calls one domain method, saves, and returns a
+``CommandResult`` with the aggregate id and the recorded position, so callers
+can wait for projections to reach that position.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import JSONTranscoder, Transcoding
+from eventsourcing.utils import get_topic
+
+from domain.base import PrmAggregate, wire_type
+from domain.clock import now, utc
+from domain.conflicts import CONFLICT_KINDS, PARTNER_VS_PARTNER
+from domain.contract import Contract
+from domain.errors import (
+    AlreadyExists,
+    DuplicateWithDifferentData,
+    NotFound,
+    PartnerCannotRegister,
+    UnknownPartner,
+    ValidationFailed,
+)
+from domain.matching import Customer
+from domain.partner import Partner
+from domain.plan import CommissionPlan, Payout, check_period
+from domain.program import PROGRAM_ID, Program, ProgramSettings
+from domain.registration import APPROVED, WON, DealRegistration
+from domain.registry import RegistrationIndex
+from domain.sale import Opportunity, Sale
+
+A = TypeVar("A", bound=PrmAggregate)
+
+
+class DateAsISO(Transcoding):
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did: the aggregate, the store position reached, the events recorded."""
+
+    aggregate_id: UUID
+    business_id: str
+    position: int | None
+    events: list[str] = field(default_factory=list)
+    duplicate: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRATION_TOPICS = [
+    get_topic(cls)
+    for cls in (
+        DealRegistration.Submitted,
+        DealRegistration.Approved,
+        DealRegistration.Rejected,
+        DealRegistration.ProtectionExtended,
+        DealRegistration.Won,
+        DealRegistration.Lost,
+        DealRegistration.Expired,
+        DealRegistration.Withdrawn,
+        DealRegistration.ConflictResolved,
+        DealRegistration.ConflictDismissed,
+    )
+]
+
+
+class PartnerProgram(Application[UUID]):
+    """Commands of the partner programme over an event store chosen by the environment."""
+
+    name = "PartnerProgram"
+    log_section_size = 1000
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self._index = RegistrationIndex()
+        self._index_lock = threading.Lock()
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(DateAsISO())
+
+    # ---- plumbing -----------------------------------------------------
+    def _save(self, business_id: str, *aggregates: PrmAggregate | None, **details: Any) -> CommandResult:
+        pending = [a for a in aggregates if a is not None]
+        recordings = self.save(*pending)
+        first = pending[0]
+        return CommandResult(
+            aggregate_id=first.id,
+            business_id=business_id,
+            position=max((r.notification.id for r in recordings), default=None),
+            events=[wire_type(r.domain_event) for r in recordings],
+            details=details,
+        )
+
+    def _get(self, cls: type[A], business_id: str, what: str) -> A:
+        try:
+            aggregate: PrmAggregate = self.repository.get(cls.id_for(business_id))
+        except AggregateNotFoundError:
+            if cls is Partner:
+                raise UnknownPartner(f"unknown partner {business_id!r}", partner_id=business_id) from None
+            raise NotFound(f"unknown {what} {business_id!r}", **{f"{cls.KIND}_id": business_id}) from None
+        if not isinstance(aggregate, cls):
+            raise NotFound(f"unknown {what} {business_id!r}")
+        return aggregate
+
+    def _exists(self, cls: type[PrmAggregate], business_id: str) -> bool:
+        try:
+            self.repository.get(cls.id_for(business_id))
+        except AggregateNotFoundError:
+            return False
+        return True
+
+    def partner(self, partner_id: str) -> Partner:
+        return self._get(Partner, partner_id, "partner")
+
+    def registration(self, registration_id: str) -> DealRegistration:
+        return self._get(DealRegistration, registration_id, "registration")
+
+    def contract(self, contract_id: str) -> Contract:
+        return self._get(Contract, contract_id, "contract")
+
+    def sale(self, sale_id: str) -> Sale:
+        return self._get(Sale, sale_id, "sale")
+
+    def plan(self, plan_id: str) -> CommissionPlan:
+        return self._get(CommissionPlan, plan_id, "commission plan")
+
+    def settings(self) -> ProgramSettings:
+        try:
+            program: PrmAggregate = self.repository.get(Program.id_for(PROGRAM_ID))
+        except AggregateNotFoundError:
+            return ProgramSettings()
+        assert isinstance(program, Program)
+        return program.settings
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def _registration_index(self) -> RegistrationIndex:
+        """Catch the index up with the store (called under the lock)."""
+        while True:
+            batch = self.notification_log.select(start=self._index.position + 1, limit=500, topics=_REGISTRATION_TOPICS)
+            if not batch:
+                return self._index
+            for notification in batch:
+                self._index.apply(self.mapper.to_domain_event(notification), notification.id)
+
+    def _contract_in_force(self, partner: Partner, day: date) -> Contract | None:
+        for contract_id in partner.contract_ids:
+            contract = self.contract(contract_id)
+            if contract.in_force_on(day):
+                return contract
+        return None
+
+    # ---- programme ------------------------------------------------------
+    def change_settings(
+        self, changes: dict[str, Any], *, actor: str, reason: str, at: datetime | None = None
+    ) -> CommandResult:
+        try:
+            program: PrmAggregate = self.repository.get(Program.id_for(PROGRAM_ID))
+        except AggregateNotFoundError:
+            program = Program.start()
+        assert isinstance(program, Program)
+        program.change_settings(changes, actor, reason, at or now())
+        return self._save(PROGRAM_ID, program)
+
+    # ---- partners -------------------------------------------------------
+    def apply_partner(
+        self,
+        *,
+        partner_id: str,
+        name: str,
+        type: str,
+        region: str,
+        size: str,
+        actor: str,
+        subregion: str | None = None,
+        contact_email: str | None = None,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        if self._exists(Partner, partner_id):
+            raise AlreadyExists(f"partner {partner_id} already exists", partner_id=partner_id)
+        partner = Partner.apply_to_join(
+            partner_id=partner_id,
+            name=name,
+            type=type,
+            region=region,
+            size=size,
+            actor=actor,
+            at=at or now(),
+            subregion=subregion,
+            contact_email=contact_email,
+        )
+        return self._save(partner_id, partner)
+
+    def approve_partner(
+        self, partner_id: str, *, actor: str, reason: str | None = None, at: datetime | None = None
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.approve(actor, at or now(), reason)
+        return self._save(partner_id, partner)
+
+    def reject_partner(self, partner_id: str, *, actor: str, reason: str, at: datetime | None = None) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.reject(actor, reason, at or now())
+        return self._save(partner_id, partner)
+
+    def suspend_partner(self, partner_id: str, *, actor: str, reason: str, at: datetime | None = None) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.suspend(actor, reason, at or now())
+        return self._save(partner_id, partner)
+
+    def reinstate_partner(
+        self, partner_id: str, *, actor: str, reason: str | None = None, at: datetime | None = None
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.reinstate(actor, at or now(), reason)
+        return self._save(partner_id, partner)
+
+    def terminate_partner(
+        self, partner_id: str, *, actor: str, reason: str, at: datetime | None = None
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.terminate(actor, reason, at or now())
+        return self._save(partner_id, partner)
+
+    def change_segment(
+        self,
+        partner_id: str,
+        *,
+        actor: str,
+        type: str | None = None,
+        region: str | None = None,
+        subregion: str | None = None,
+        size: str | None = None,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.change_segment(actor, at or now(), type=type, region=region, subregion=subregion, size=size)
+        return self._save(partner_id, partner)
+
+    def override_tier(
+        self, partner_id: str, *, tier: str, actor: str, reason: str, effective_at: datetime | None = None
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.override_tier(tier, actor, reason, effective_at or now())
+        return self._save(partner_id, partner)
+
+    def evaluate_tier(
+        self, partner_id: str, *, quarter_end: datetime, revenue_minor: int, actor: str, at: datetime | None = None
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        decision = partner.evaluate_tier(
+            quarter_end=quarter_end, revenue_minor=revenue_minor, settings=self.settings(), actor=actor, at=at or now()
+        )
+        return self._save(partner_id, partner, qualified=decision.qualified, new_tier=decision.new_tier)
+
+    def record_training(
+        self, partner_id: str, *, course: str, person: str, actor: str, at: datetime | None = None
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        when = at or now()
+        partner.record_training(course, person, when, actor)
+        partner.complete_onboarding_if_ready(actor, when, self.settings().onboarding_course)
+        return self._save(partner_id, partner)
+
+    def grant_certification(
+        self,
+        partner_id: str,
+        *,
+        cert: str,
+        person: str,
+        actor: str,
+        expires_at: datetime | None,
+        granted_at: datetime | None = None,
+    ) -> CommandResult:
+        partner = self.partner(partner_id)
+        partner.grant_certification(cert, person, granted_at or now(), expires_at, actor)
+        return self._save(partner_id, partner)
+
+    # ---- contracts -----------------------------------------------------
+    def sign_contract(
+        self,
+        *,
+        contract_id: str,
+        partner_id: str,
+        starts_on: date,
+        ends_on: date,
+        auto_renew: bool,
+        territory: list[str],
+        terms: str,
+        commission_plan_id: str,
+        actor: str,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        when = at or now()
+        partner = self.partner(partner_id)
+        if self._exists(Contract, contract_id):
+            raise AlreadyExists(f"contract {contract_id} already exists", contract_id=contract_id)
+        if not self._exists(CommissionPlan, commission_plan_id):
+            raise NotFound(f"unknown commission plan {commission_plan_id!r}", field="commission_plan_id")
+        contract = Contract.sign(
+            contract_id=contract_id,
+            partner_id=partner_id,
+            starts_on=starts_on,
+            ends_on=ends_on,
+            auto_renew=auto_renew,
+            territory=territory,
+            terms=terms,
+            commission_plan_id=commission_plan_id,
+            actor=actor,
+            at=when,
+        )
+        partner.attach_contract(contract_id, when)
+        partner.complete_onboarding_if_ready(actor, when, self.settings().onboarding_course)
+        return self._save(contract_id, contract, partner)
+
+    def amend_contract(
+        self,
+        contract_id: str,
+        *,
+        actor: str,
+        reason: str,
+        terms: str | None = None,
+        territory: list[str] | None = None,
+        commission_plan_id: str | None = None,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        contract = self.contract(contract_id)
+        if commission_plan_id is not None and not self._exists(CommissionPlan, commission_plan_id):
+            raise NotFound(f"unknown commission plan {commission_plan_id!r}", field="commission_plan_id")
+        contract.amend(
+            actor=actor,
+            reason=reason,
+            at=at or now(),
+            terms=terms,
+            territory=territory,
+            commission_plan_id=commission_plan_id,
+        )
+        return self._save(contract_id, contract)
+
+    def renew_contract(
+        self, contract_id: str, *, actor: str, ends_on: date | None = None, at: datetime | None = None
+    ) -> CommandResult:
+        contract = self.contract(contract_id)
+        contract.renew(actor=actor, at=at or now(), ends_on=ends_on)
+        return self._save(contract_id, contract)
+
+    def terminate_contract(
+        self, contract_id: str, *, actor: str, reason: str, effective_on: date | None = None, at: datetime | None = None
+    ) -> CommandResult:
+        when = at or now()
+        contract = self.contract(contract_id)
+        contract.terminate(actor=actor, reason=reason, effective_on=effective_on or when.date(), at=when)
+        return self._save(contract_id, contract)
+
+    def expire_contract(self, contract_id: str, *, actor: str, at: datetime | None = None) -> CommandResult:
+        contract = self.contract(contract_id)
+        contract.expire(actor=actor, at=at or now())
+        return self._save(contract_id, contract)
+
+    # ---- deal registrations ---------------------------------------------
+    def submit_registration(
+        self,
+        *,
+        registration_id: str,
+        partner_id: str,
+        customer: dict[str, Any],
+        estimated_value_minor: int,
+        currency: str,
+        products: Sequence[str],
+        actor: str,
+        expected_close_on: date | None = None,
+        submitted_at: datetime | None = None,
+    ) -> CommandResult:
+        when = utc(submitted_at or now())
+        partner = self.partner(partner_id)
+        if self._exists(DealRegistration, registration_id):
+            raise AlreadyExists(f"registration {registration_id} already exists", registration_id=registration_id)
+        if partner.can_register_deals and self._contract_in_force(partner, when.date()) is None:
+            raise PartnerCannotRegister(
+                f"partner {partner_id} has no contract in force on {when.date().isoformat()} and cannot register deals",
+                partner_id=partner_id,
+            )
+        settings = self.settings()
+        tier = partner.tier_at(when)
+        with self._index_lock:
+            blocking = self._registration_index().blocking(
+                partner_id=partner_id,
+                customer=Customer.from_dict(customer),
+                at=when,
+                threshold=settings.name_similarity_threshold_bp / 10_000,
+                registration_id=registration_id,
+            )
+        registration = DealRegistration.submit(
+            registration_id=registration_id,
+            partner_id=partner_id,
+            customer=customer,
+            estimated_value_minor=estimated_value_minor,
+            currency=currency,
+            products=list(products),
+            expected_close_on=expected_close_on,
+            submitted_at=when,
+            conflicts_with=blocking,
+            actor=actor,
+        )
+        partner.open_registration(registration_id, when, settings.registration_capacity[tier], tier)
+        return self._save(registration_id, registration, partner, conflicts=[b["conflict_id"] for b in blocking])
+
+    def approve_registration(self, registration_id: str, *, actor: str, at: datetime | None = None) -> CommandResult:
+        when = utc(at or now())
+        registration = self.registration(registration_id)
+        settings = self.settings()
+        with self._index_lock:
+            blocking = self._registration_index().blocking(
+                partner_id=registration.partner_id,
+                customer=Customer.from_dict(registration.customer),
+                at=when,
+                threshold=settings.name_similarity_threshold_bp / 10_000,
+                registration_id=registration_id,
+            )
+        registration.approve(actor=actor, at=when, protection_days=settings.protection_days, blocking=blocking)
+        return self._save(registration_id, registration)
+
+    def _close(
+        self, registration: DealRegistration, outcome: str, when: datetime, *others: PrmAggregate
+    ) -> CommandResult:
+        partner = self.partner(registration.partner_id)
+        partner.close_registration(registration.registration_id, outcome, when)
+        return self._save(registration.registration_id, registration, partner, *others)
+
+    def reject_registration(
+        self,
+        registration_id: str,
+        *,
+        actor: str,
+        reason_code: str,
+        reason: str | None = None,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        when = at or now()
+        registration = self.registration(registration_id)
+        registration.reject(actor=actor, reason_code=reason_code, reason=reason, at=when)
+        return self._close(registration, "rejected", when)
+
+    def extend_protection(
+        self, registration_id: str, *, actor: str, reason: str, at: datetime | None = None
+    ) -> CommandResult:
+        registration = self.registration(registration_id)
+        registration.extend_protection(
+            actor=actor, reason=reason, at=at or now(), extension_days=self.settings().protection_extension_days
+        )
+        return self._save(registration_id, registration)
+
+    def mark_registration_lost(
+        self, registration_id: str, *, actor: str, reason: str, at: datetime | None = None
+    ) -> CommandResult:
+        when = at or now()
+        registration = self.registration(registration_id)
+        registration.mark_lost(actor=actor, reason=reason, at=when)
+        return self._close(registration, "lost", when)
+
+    def withdraw_registration(
+        self, registration_id: str, *, actor: str, reason: str | None = None, at: datetime | None = None
+    ) -> CommandResult:
+        when = at or now()
+        registration = self.registration(registration_id)
+        registration.withdraw(actor=actor, reason=reason, at=when)
+        return self._close(registration, "withdrawn", when)
+
+    def expire_registrations(self, *, at: datetime | None = None) -> list[CommandResult]:
+        """Expire every approved registration whose protection has ended by ``at``."""
+        when = utc(at or now())
+        with self._index_lock:
+            due = [
+                r.registration_id
+                for r in self._registration_index().open.values()
+                if r.status == APPROVED and r.protected_until is not None and r.protected_until <= when
+            ]
+        results = []
+        for registration_id in sorted(due):
+            registration = self.registration(registration_id)
+            registration.expire(at=when)
+            results.append(self._close(registration, "expired", registration.protected_until or when))
+        return results
+
+    def resolve_conflict(
+        self,
+        *,
+        conflict_id: str,
+        kind: str,
+        registration_id: str,
+        winner: str,
+        actor: str,
+        reason: str,
+        other_registration_id: str | None = None,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        """Decide a conflict; each registration involved records the decision."""
+        when = at or now()
+        if kind not in CONFLICT_KINDS:
+            raise ValidationFailed(f"unknown conflict kind {kind!r}", field="kind")
+        registrations = [self.registration(registration_id)]
+        if kind == PARTNER_VS_PARTNER:
+            if not other_registration_id:
+                raise ValidationFailed(
+                    "a partner-vs-partner conflict names both registrations", field="other_registration_id"
+                )
+            registrations.append(self.registration(other_registration_id))
+            if winner not in (registration_id, other_registration_id):
+                raise ValidationFailed("the winner must be one of the two registrations", field="winner")
+        for registration in registrations:
+            registration.resolve_conflict(
+                conflict_id=conflict_id, kind=kind, winner=winner, actor=actor, reason=reason, at=when
+            )
+        return self._save(registration_id, *registrations)
+
+    def dismiss_conflict(
+        self, *, conflict_id: str, kind: str, registration_id: str, actor: str, reason: str, at: datetime | None = None
+    ) -> CommandResult:
+        registration = self.registration(registration_id)
+        registration.dismiss_conflict(conflict_id=conflict_id, kind=kind, actor=actor, reason=reason, at=at or now())
+        return self._save(registration_id, registration)
+
+    # ---- sales -----------------------------------------------------------
+    def record_sale(
+        self,
+        *,
+        sale_id: str,
+        partner_id: str | None,
+        customer: dict[str, Any],
+        lines: list[dict[str, Any]],
+        occurred_at: datetime,
+        source: str,
+        registration_id: str | None = None,
+        message_id: str | None = None,
+    ) -> CommandResult:
+        """Record a sale. A re-delivered identical sale is a no-op; different data is refused."""
+        occurred = utc(occurred_at)
+        try:
+            existing: PrmAggregate | None = self.repository.get(Sale.id_for(sale_id))
+        except AggregateNotFoundError:
+            existing = None
+        if isinstance(existing, Sale):
+            if existing.same_facts(
+                partner_id=partner_id,
+                registration_id=registration_id,
+                customer=customer,
+                lines=lines,
+                occurred_at=occurred,
+            ):
+                return CommandResult(existing.id, sale_id, None, duplicate=True)
+            raise DuplicateWithDifferentData(
+                f"sale {sale_id} was already recorded with different data", sale_id=sale_id
+            )
+        flags: list[str] = []
+        partner: Partner | None = None
+        registration: DealRegistration | None = None
+        bonus = False
+        if partner_id:
+            partner = self.partner(partner_id)
+            if partner.status != "active":
+                flags.append(f"partner_{partner.status}")
+            if self._contract_in_force(partner, occurred.date()) is None:
+                flags.append("no_contract_in_force")
+        if registration_id:
+            if not partner_id:
+                raise ValidationFailed("a direct sale cannot reference a deal registration", field="registration_id")
+            try:
+                registration = self.registration(registration_id)
+            except NotFound:
+                flags.append("registration_not_found")
+                registration = None
+            if registration is not None:
+                if registration.partner_id != partner_id:
+                    flags.append("registration_of_another_partner")
+                    registration = None
+                elif (
+                    registration.status in (APPROVED, WON)
+                    and registration.approved_at is not None
+                    and (
+                        registration.protected_until is not None
+                        and registration.approved_at <= occurred < registration.protected_until
+                    )
+                ):
+                    bonus = True
+                else:
+                    flags.append("registration_not_protected")
+        sale = Sale.record(
+            sale_id=sale_id,
+            partner_id=partner_id,
+            registration_id=registration_id,
+            customer=customer,
+            lines=lines,
+            occurred_at=occurred,
+            source=source,
+            flags=flags,
+            registration_bonus=bonus,
+            message_id=message_id,
+        )
+        if registration is not None and bonus and registration.status == APPROVED:
+            registration.mark_won(sale_id=sale_id, at=occurred)
+            assert partner is not None
+            partner.close_registration(registration.registration_id, "won", occurred)
+            return self._save(sale_id, sale, registration, partner, flags=flags)
+        return self._save(sale_id, sale, flags=flags)
+
+    def refund_sale(
+        self,
+        *,
+        sale_id: str,
+        refund_id: str,
+        amount_minor: int,
+        currency: str,
+        occurred_at: datetime,
+        source: str,
+        reason: str | None = None,
+        message_id: str | None = None,
+    ) -> CommandResult:
+        sale = self.sale(sale_id)
+        recorded = sale.refund(
+            refund_id=refund_id,
+            amount_minor=amount_minor,
+            currency=currency,
+            occurred_at=occurred_at,
+            reason=reason,
+            source=source,
+            message_id=message_id,
+        )
+        if not recorded:
+            return CommandResult(sale.id, sale_id, None, duplicate=True)
+        return self._save(sale_id, sale)
+
+    def open_opportunity(
+        self,
+        *,
+        opportunity_id: str,
+        owner: str,
+        customer: dict[str, Any],
+        estimated_value_minor: int,
+        currency: str,
+        opened_at: datetime,
+        source: str,
+        message_id: str | None = None,
+    ) -> CommandResult:
+        opportunity = Opportunity.open(
+            opportunity_id=opportunity_id,
+            owner=owner,
+            customer=customer,
+            estimated_value_minor=estimated_value_minor,
+            currency=currency,
+            opened_at=opened_at,
+            source=source,
+            message_id=message_id,
+        )
+        try:
+            existing: PrmAggregate = self.repository.get(opportunity.id)
+        except AggregateNotFoundError:
+            return self._save(opportunity_id, opportunity)
+        assert isinstance(existing, Opportunity)
+        same = (
+            existing.owner,
+            existing.customer,
+            existing.estimated_value_minor,
+            existing.currency,
+            existing.opened_at,
+        ) == (
+            opportunity.owner,
+            opportunity.customer,
+            opportunity.estimated_value_minor,
+            opportunity.currency,
+            opportunity.opened_at,
+        )
+        if not same:
+            raise DuplicateWithDifferentData(f"opportunity {opportunity_id} was already recorded with different data")
+        return CommandResult(existing.id, opportunity_id, None, duplicate=True)
+
+    # ---- plans and payouts -------------------------------------------------
+    def create_plan(self, *, plan_id: str, name: str, actor: str, at: datetime | None = None) -> CommandResult:
+        if self._exists(CommissionPlan, plan_id):
+            raise AlreadyExists(f"commission plan {plan_id} already exists", plan_id=plan_id)
+        plan = CommissionPlan.create(plan_id=plan_id, name=name, actor=actor, at=at or now())
+        return self._save(plan_id, plan)
+
+    def publish_plan_version(
+        self,
+        plan_id: str,
+        *,
+        effective_from: datetime,
+        terms: dict[str, Any],
+        actor: str,
+        reason: str,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        plan = self.plan(plan_id)
+        version = plan.publish_version(
+            effective_from=effective_from, terms=terms, actor=actor, reason=reason, at=at or now()
+        )
+        return self._save(plan_id, plan, version=version)
+
+    def request_recalculation(
+        self, plan_id: str, *, period: str, actor: str, reason: str, at: datetime | None = None
+    ) -> CommandResult:
+        plan = self.plan(plan_id)
+        plan.request_recalculation(period=period, actor=actor, reason=reason, at=at or now())
+        return self._save(plan_id, plan)
+
+    def record_payout(
+        self,
+        *,
+        payout_id: str,
+        partner_id: str,
+        currency: str,
+        period: str,
+        amount_minor: int,
+        payable_minor: int,
+        actor: str,
+        reference: str | None = None,
+        at: datetime | None = None,
+    ) -> CommandResult:
+        """Record a payout of exactly the payable balance (read from the ledger by the caller)."""
+        self.partner(partner_id)
+        if self._exists(Payout, payout_id):
+            raise AlreadyExists(f"payout {payout_id} already exists", payout_id=payout_id)
+        if amount_minor != payable_minor or amount_minor <= 0:
+            raise ValidationFailed(
+                f"a payout pays exactly the payable balance: {payable_minor} {currency} is payable,"
+                f" {amount_minor} was asked",
+                field="amount_minor",
+            )
+        payout = Payout(
+            payout_id=payout_id,
+            partner_id=partner_id,
+            currency=currency,
+            period=check_period(period),
+            amount_minor=amount_minor,
+            reference=reference,
+            actor=actor,
+            at=utc(at or now()),
+        )
+        return self._save(payout_id, payout)

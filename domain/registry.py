@@ -1,0 +1,130 @@
+"""An index of open deal registrations, folded from registration events.
+
+The command side uses it to find earlier registrations of the same customer
+account by other partners (first to register wins). It is a pure fold: the
+application feeds it the registration events in store order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from domain.clock import utc
+from domain.conflicts import PARTNER_VS_PARTNER, conflict_id
+from domain.matching import Customer, match_accounts
+from domain.registration import APPROVED, SUBMITTED, DealRegistration
+
+
+@dataclass
+class IndexedRegistration:
+    registration_id: str
+    partner_id: str
+    customer: Customer
+    status: str
+    position: int
+    approved_at: datetime | None = None
+    protected_until: datetime | None = None
+    resolutions: dict[str, str] = field(default_factory=dict)
+
+    def blocks_at(self, at: datetime) -> bool:
+        if self.status == SUBMITTED:
+            return True
+        return (
+            self.status == APPROVED
+            and self.approved_at is not None
+            and self.protected_until is not None
+            and self.approved_at <= at < self.protected_until
+        )
+
+
+class RegistrationIndex:
+    """Open registrations by id; closed ones are dropped."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, IndexedRegistration] = {}
+        self.position = 0
+
+    def apply(self, event: Any, position: int) -> None:
+        self.position = max(self.position, position)
+        if isinstance(event, DealRegistration.Submitted):
+            self.open[event.registration_id] = IndexedRegistration(
+                registration_id=event.registration_id,
+                partner_id=event.partner_id,
+                customer=Customer.from_dict(event.customer),
+                status=SUBMITTED,
+                position=position,
+            )
+            return
+        entry = self._entry_for(event)
+        if entry is None:
+            return
+        if isinstance(event, DealRegistration.Approved):
+            entry.status = APPROVED
+            entry.approved_at = event.at
+            entry.protected_until = event.protected_until
+        elif isinstance(event, DealRegistration.ProtectionExtended):
+            entry.protected_until = event.protected_until
+        elif isinstance(event, DealRegistration.ConflictResolved):
+            entry.resolutions[event.conflict_id] = event.winner
+            if event.lost_protection and entry.protected_until is not None:
+                entry.protected_until = min(entry.protected_until, event.at)
+        elif isinstance(event, DealRegistration.ConflictDismissed):
+            entry.resolutions[event.conflict_id] = "dismissed"
+        elif isinstance(
+            event,
+            DealRegistration.Rejected
+            | DealRegistration.Won
+            | DealRegistration.Lost
+            | DealRegistration.Expired
+            | DealRegistration.Withdrawn,
+        ):
+            del self.open[entry.registration_id]
+
+    def _entry_for(self, event: Any) -> IndexedRegistration | None:
+        for entry in self.open.values():
+            if DealRegistration.id_for(entry.registration_id) == event.originator_id:
+                return entry
+        return None
+
+    def blocking(
+        self,
+        *,
+        partner_id: str,
+        customer: Customer,
+        at: datetime,
+        threshold: float,
+        registration_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Other partners' registrations of the same account that block ``registration_id``.
+
+        A registration blocks when it is pending and was submitted earlier, or
+        approved and protected at ``at``. Each entry carries the conflict id and
+        the matching evidence.
+        """
+        at = utc(at)
+        own = self.open.get(registration_id) if registration_id else None
+        result = []
+        for other in sorted(self.open.values(), key=lambda r: r.position):
+            if other.partner_id == partner_id or other.registration_id == registration_id:
+                continue
+            if own is not None and other.status == SUBMITTED and other.position > own.position:
+                continue
+            if not other.blocks_at(at):
+                continue
+            evidence = match_accounts(other.customer, customer, threshold)
+            if evidence is None:
+                continue
+            later = registration_id or "(new)"
+            result.append(
+                {
+                    "conflict_id": conflict_id(PARTNER_VS_PARTNER, other.registration_id, later),
+                    "kind": PARTNER_VS_PARTNER,
+                    "registration_id": other.registration_id,
+                    "partner_id": other.partner_id,
+                    "status": other.status,
+                    "evidence": evidence.to_dict(),
+                }
+            )
+        return result
