@@ -31,13 +31,28 @@ class PrmAggregate(Aggregate):
     partner_id: str | None
 
     class Event(Aggregate.Event):
-        """Every event names the partner it concerns (or ``None``)."""
+        """Every event names its aggregate's business id and the partner it concerns (or ``None``)."""
 
+        subject: str
         partner_id: str | None
 
     @classmethod
     def id_for(cls, business_id: str) -> UUID:
         return aggregate_id(cls.KIND, business_id)
+
+    @property
+    def business_id(self) -> str:
+        """``P-0042``, ``R-0007``…: the value of the ``<kind>_id`` attribute."""
+        return str(getattr(self, f"{self.KIND}_id"))
+
+    @classmethod
+    def _create(cls, event_class: type[Any], *, id: Any = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("subject", kwargs.get(f"{cls.KIND}_id"))
+        return super()._create(event_class, id=id, **kwargs)
+
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        kwargs.setdefault("subject", self.business_id)
+        super().trigger_event(event_class, **kwargs)
 
 
 def wire_type(event: Any) -> str:

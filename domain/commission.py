@@ -5,7 +5,7 @@ no I/O, no clock, no floats). The projections resolve the inputs from the
 event history -- tier in force, plan version in force, the partner's quarterly
 net revenue ``Q`` before the line, whether the registration bonus applies --
 and call these functions; the same inputs always give the same lines, to the
-minor unit, with the same explanation (see ``docs``/spec ``commissions.md``).
+minor unit, with the same explanation (spec: ``commissions.md``).
 
 Conventions
 -----------
@@ -62,7 +62,8 @@ Decisions where the spec is silent (kept here so the projections agree)
 * **Sale commission ``C``** must be ``>= 0`` (it is a sum of non-negative line
   commissions); a negative ``C`` is refused.
 * **Periods.** Quarters ``"2026-Q1"`` and months ``"2026-03"`` are in UTC;
-  bounds are half-open ``[start, end)``. Naive datetimes are refused.
+  bounds are half-open ``[start, end)``. Naive datetimes are refused;
+  ``9999-Q4``/``9999-12`` (end outside ``datetime``'s range) raise ``ValueError``.
 * **Hold.** :func:`hold_ends_at` gives the instant ``occurred_at + hold_days``;
   whether a line becomes payable *at* that instant or strictly after it is the
   status projection's choice (recommended: payable when ``now >= hold_ends_at``).

@@ -117,7 +117,8 @@ class Program(PrmAggregate):
 
     @classmethod
     def start(cls) -> Program:
-        return cls._create(cls.Started, id=cls.id_for(PROGRAM_ID), program_id=PROGRAM_ID, partner_id=None)
+        program: Program = cls._create(cls.Started, id=cls.id_for(PROGRAM_ID), program_id=PROGRAM_ID, partner_id=None)
+        return program
 
     def change_settings(self, changes: dict[str, Any], actor: str, reason: str, at: datetime) -> None:
         if not changes:

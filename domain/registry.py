@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from domain.clock import utc
 from domain.conflicts import PARTNER_VS_PARTNER, conflict_id
 from domain.matching import Customer, match_accounts
-from domain.registration import APPROVED, SUBMITTED, DealRegistration
+from domain.registration import APPROVED, SUBMITTED, WON, DealRegistration
 
 
 @dataclass
@@ -32,7 +33,7 @@ class IndexedRegistration:
         if self.status == SUBMITTED:
             return True
         return (
-            self.status == APPROVED
+            self.status in (APPROVED, WON)
             and self.approved_at is not None
             and self.protected_until is not None
             and self.approved_at <= at < self.protected_until
@@ -40,15 +41,17 @@ class IndexedRegistration:
 
 
 class RegistrationIndex:
-    """Open registrations by id; closed ones are dropped."""
+    """Open registrations by id, plus won ones (still protecting their account); others are dropped."""
 
     def __init__(self) -> None:
         self.open: dict[str, IndexedRegistration] = {}
+        self._ids: dict[UUID, str] = {}
         self.position = 0
 
     def apply(self, event: Any, position: int) -> None:
         self.position = max(self.position, position)
         if isinstance(event, DealRegistration.Submitted):
+            self._ids[event.originator_id] = event.registration_id
             self.open[event.registration_id] = IndexedRegistration(
                 registration_id=event.registration_id,
                 partner_id=event.partner_id,
@@ -72,21 +75,22 @@ class RegistrationIndex:
                 entry.protected_until = min(entry.protected_until, event.at)
         elif isinstance(event, DealRegistration.ConflictDismissed):
             entry.resolutions[event.conflict_id] = "dismissed"
+        elif isinstance(event, DealRegistration.Won):
+            # A won account stays protected for its other partners until the protection ends.
+            entry.status = WON
         elif isinstance(
             event,
             DealRegistration.Rejected
-            | DealRegistration.Won
             | DealRegistration.Lost
             | DealRegistration.Expired
             | DealRegistration.Withdrawn,
         ):
             del self.open[entry.registration_id]
+            del self._ids[event.originator_id]
 
     def _entry_for(self, event: Any) -> IndexedRegistration | None:
-        for entry in self.open.values():
-            if DealRegistration.id_for(entry.registration_id) == event.originator_id:
-                return entry
-        return None
+        registration_id = self._ids.get(event.originator_id)
+        return self.open.get(registration_id) if registration_id is not None else None
 
     def blocking(
         self,
