@@ -18,12 +18,14 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import JSONTranscoder, Transcoding
 from eventsourcing.utils import get_topic
 
-from domain.base import PrmAggregate, wire_type
+from domain.base import PrmAggregate, require_actor, wire_type
 from domain.clock import now, utc
 from domain.conflicts import CONFLICT_KINDS, PARTNER_VS_PARTNER
+from domain.conflicts import conflict_id as conflict_id_of
 from domain.contract import Contract
 from domain.errors import (
     AlreadyExists,
+    DomainError,
     DuplicateWithDifferentData,
     NotFound,
     PartnerCannotRegister,
@@ -31,6 +33,7 @@ from domain.errors import (
     ValidationFailed,
 )
 from domain.matching import Customer
+from domain.money import check_currency
 from domain.partner import Partner
 from domain.plan import CommissionPlan, Payout, check_period
 from domain.program import PROGRAM_ID, Program, ProgramSettings
@@ -523,9 +526,22 @@ class PartnerProgram(Application[UUID]):
                 raise ValidationFailed(
                     "a partner-vs-partner conflict names both registrations", field="other_registration_id"
                 )
+            if other_registration_id == registration_id:
+                raise ValidationFailed(
+                    "a conflict is between two different registrations", field="other_registration_id"
+                )
             registrations.append(self.registration(other_registration_id))
             if winner not in (registration_id, other_registration_id):
                 raise ValidationFailed("the winner must be one of the two registrations", field="winner")
+            expected = {
+                conflict_id_of(PARTNER_VS_PARTNER, registration_id, other_registration_id),
+                conflict_id_of(PARTNER_VS_PARTNER, other_registration_id, registration_id),
+            }
+            if conflict_id not in expected:
+                raise ValidationFailed(
+                    f"conflict {conflict_id} is not the conflict between {registration_id} and {other_registration_id}",
+                    field="conflict_id",
+                )
         for registration in registrations:
             registration.resolve_conflict(
                 conflict_id=conflict_id, kind=kind, winner=winner, actor=actor, reason=reason, at=when
@@ -559,13 +575,17 @@ class PartnerProgram(Application[UUID]):
         except AggregateNotFoundError:
             existing = None
         if isinstance(existing, Sale):
-            if existing.same_facts(
-                partner_id=partner_id,
-                registration_id=registration_id,
-                customer=customer,
-                lines=lines,
-                occurred_at=occurred,
-            ):
+            try:
+                same = existing.same_facts(
+                    partner_id=partner_id,
+                    registration_id=registration_id,
+                    customer=customer,
+                    lines=lines,
+                    occurred_at=occurred,
+                )
+            except DomainError:
+                same = False
+            if same:
                 return CommandResult(existing.id, sale_id, None, duplicate=True)
             raise DuplicateWithDifferentData(
                 f"sale {sale_id} was already recorded with different data", sale_id=sale_id
@@ -748,11 +768,11 @@ class PartnerProgram(Application[UUID]):
         payout = Payout(
             payout_id=payout_id,
             partner_id=partner_id,
-            currency=currency,
+            currency=check_currency(currency),
             period=check_period(period),
             amount_minor=amount_minor,
             reference=reference,
-            actor=actor,
+            actor=require_actor(actor),
             at=utc(at or now()),
         )
         return self._save(payout_id, payout)

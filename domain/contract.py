@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -17,10 +17,10 @@ TERMINATED = "terminated"
 EXPIRED = "expired"
 
 
-def _add_period(start: date, end: date, times: int) -> date:
-    """``end`` moved by ``times`` contract lengths (auto-renewal for the same length)."""
-    length = end - start
-    return end + length * times
+def _term_length(start: date, end: date) -> timedelta:
+    """Length of one contract term. ``ends_on`` is covered (see ``in_force_on``), so both days count:
+    2026-01-01..2026-12-31 is 365 days and renews to 2027-12-31."""
+    return end - start + timedelta(days=1)
 
 
 @register_kind
@@ -105,6 +105,7 @@ class Contract(PrmAggregate):
         self.terms = terms
         self.terms_version = 1
         self.commission_plan_id = commission_plan_id
+        self.term_length = _term_length(starts_on, ends_on)  # auto-renewal repeats the signed length
         self.status = IN_FORCE
         self.signed_at = at
         self.terminated_on: date | None = None
@@ -152,7 +153,9 @@ class Contract(PrmAggregate):
         if day < self.starts_on:
             return False
         if self.status == TERMINATED:
-            return self.terminated_on is not None and day < self.terminated_on
+            return (
+                self.terminated_on is not None and day < self.terminated_on and (self.auto_renew or day <= self.ends_on)
+            )
         if self.status == EXPIRED:
             return day <= self.ends_on
         return self.auto_renew or day <= self.ends_on
@@ -191,7 +194,7 @@ class Contract(PrmAggregate):
 
     def renew(self, *, actor: str, at: datetime, ends_on: date | None = None, automatic: bool = False) -> None:
         self._require_open("renew")
-        new_end = ends_on or _add_period(self.starts_on, self.ends_on, 1)
+        new_end = ends_on or self.ends_on + self.term_length
         if new_end <= self.ends_on:
             raise ValidationFailed("a renewal must move the end date later", field="ends_on")
         self.trigger_event(

@@ -393,6 +393,7 @@ class Partner(PrmAggregate):
         self._require("change the tier of", ONBOARDING, ACTIVE, SUSPENDED)
         if tier == self.tier:
             raise ValidationFailed(f"partner {self.partner_id} is already {tier}")
+        _check_not_before_application(self, utc(effective_at))
         self.trigger_event(
             self.TierChanged,
             partner_id=self.partner_id,
@@ -422,6 +423,7 @@ class Partner(PrmAggregate):
         quarter_end = utc(quarter_end)
         if quarter_end != quarter_start(quarter_end):
             raise ValidationFailed("quarter_end must be the first instant of a quarter (e.g. 2026-04-01T00:00Z)")
+        _check_not_before_application(self, quarter_end)
         evaluated = quarter_label(quarter_end - _ONE_SECOND)
         if evaluated in self.evaluated_quarters:
             raise InvalidTransition(f"quarter {evaluated} was already evaluated for {self.partner_id}")
@@ -529,6 +531,17 @@ def raise_cannot_register(partner: Partner) -> None:
         partner_id=partner.partner_id,
         status=partner.status,
     )
+
+
+def _check_not_before_application(partner: Partner, effective_at: datetime) -> None:
+    """A tier change effective before the application would sort before the initial ``registered``
+    entry of ``tier_history`` and be silently shadowed by it: refuse it."""
+    if effective_at < partner.applied_at:
+        raise ValidationFailed(
+            f"a tier change for {partner.partner_id} cannot take effect at {effective_at.isoformat()},"
+            f" before the partner applied ({partner.applied_at.isoformat()})",
+            field="effective_at",
+        )
 
 
 _ONE_SECOND = timedelta(seconds=1)

@@ -12,7 +12,9 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from domain.base import PrmAggregate, register_kind, require_actor, require_reason
+from domain.clock import utc
 from domain.errors import ValidationFailed
+from domain.money import check_currency
 
 TIERS: tuple[str, ...] = ("registered", "silver", "gold", "platinum")
 PARTNER_TYPES: tuple[str, ...] = ("reseller", "distributor", "referral", "agent")
@@ -63,25 +65,43 @@ class ProgramSettings:
 
     def validate(self) -> None:
         for name in ("protection_days", "protection_extension_days", "onboarding_due_days"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if not _whole(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValidationFailed(f"{name} must be a non-negative whole number of days")
+        if not _whole(self.demotion_grace_quarters) or self.demotion_grace_quarters < 0:
+            raise ValidationFailed("demotion_grace_quarters must be a non-negative whole number of quarters")
         if set(self.registration_capacity) != set(TIERS):
             raise ValidationFailed("registration_capacity must give a cap for every tier")
-        if any(v < 0 for v in self.registration_capacity.values()):
-            raise ValidationFailed("registration capacities must not be negative")
+        if any(not _whole(v) or v < 0 for v in self.registration_capacity.values()):
+            raise ValidationFailed("registration capacities must be whole numbers and must not be negative")
         upper = TIERS[1:]
         if set(self.tier_revenue_thresholds_minor) != set(upper):
             raise ValidationFailed("tier_revenue_thresholds_minor must give silver, gold and platinum")
         values = [self.tier_revenue_thresholds_minor[t] for t in upper]
+        if not all(_whole(v) for v in values):
+            raise ValidationFailed("tier revenue thresholds must be whole numbers of minor units")
         if values != sorted(values):
             raise ValidationFailed("tier revenue thresholds must rise with the tier")
-        if not 0 < self.name_similarity_threshold_bp <= 10_000:
+        certifications = self.tier_certifications_required
+        if not set(certifications) <= set(upper) or any(not _whole(v) or v < 0 for v in certifications.values()):
+            raise ValidationFailed(
+                "tier_certifications_required must give non-negative whole numbers of people for silver, gold, platinum"
+            )
+        if not _whole(self.name_similarity_threshold_bp) or not 0 < self.name_similarity_threshold_bp <= 10_000:
             raise ValidationFailed("name_similarity_threshold_bp must be within 1..10000")
+        check_currency(self.program_currency)
+        if not isinstance(self.onboarding_course, str) or not self.onboarding_course.strip():
+            raise ValidationFailed("onboarding_course must name a course")
+        if any(not _whole(d) or d <= 0 for d in self.contract_alert_days):
+            raise ValidationFailed("contract_alert_days must be positive whole numbers of days")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["contract_alert_days"] = list(self.contract_alert_days)
         return data
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 DEFAULT_SETTINGS = ProgramSettings()
@@ -130,5 +150,5 @@ class Program(PrmAggregate):
             changes=dict(changes),
             actor=require_actor(actor),
             reason=require_reason(reason, "change programme settings"),
-            at=at,
+            at=utc(at),
         )

@@ -249,13 +249,21 @@ class DealRegistration(PrmAggregate):
     def approve(self, *, actor: str, at: datetime, protection_days: int, blocking: list[dict[str, Any]]) -> None:
         """Approve unless an earlier registration of the same account by another partner blocks it."""
         self._require("approve", SUBMITTED)
-        unresolved = [b for b in blocking if b["conflict_id"] not in self.resolutions]
+        # A conflict stops blocking only when dismissed or decided in this registration's favour.
+        cleared = ("dismissed", self.registration_id, self.partner_id)
+        unresolved = [b for b in blocking if self.resolutions.get(b["conflict_id"]) not in cleared]
         if unresolved:
             first = unresolved[0]
+            decided = self.resolutions.get(first["conflict_id"])
+            hint = (
+                f"conflict {first['conflict_id']} was resolved in favour of {decided}"
+                if decided is not None
+                else f"resolve conflict {first['conflict_id']} first"
+            )
             raise ChannelConflictBlocks(
                 f"registration {self.registration_id} cannot be approved: the same customer account is"
                 f" registered by partner {first['partner_id']} ({first['registration_id']}, {first['status']})"
-                f" earlier; resolve conflict {first['conflict_id']} first",
+                f" earlier; {hint}",
                 conflicts=[b["conflict_id"] for b in unresolved],
             )
         at = utc(at)

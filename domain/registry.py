@@ -80,10 +80,7 @@ class RegistrationIndex:
             entry.status = WON
         elif isinstance(
             event,
-            DealRegistration.Rejected
-            | DealRegistration.Lost
-            | DealRegistration.Expired
-            | DealRegistration.Withdrawn,
+            DealRegistration.Rejected | DealRegistration.Lost | DealRegistration.Expired | DealRegistration.Withdrawn,
         ):
             del self.open[entry.registration_id]
             del self._ids[event.originator_id]
@@ -117,6 +114,8 @@ class RegistrationIndex:
                 continue
             if not other.blocks_at(at):
                 continue
+            if registration_id is not None and _pair_cleared(own, other, registration_id):
+                continue
             evidence = match_accounts(other.customer, customer, threshold)
             if evidence is None:
                 continue
@@ -132,3 +131,17 @@ class RegistrationIndex:
                 }
             )
         return result
+
+
+def _pair_cleared(own: IndexedRegistration | None, other: IndexedRegistration, own_id: str) -> bool:
+    """Whether the conflict between the two registrations was dismissed or decided in ``own_id``'s favour.
+
+    The decision may be recorded on either registration and under either direction's conflict id: once
+    the later registration is approved after a dismissal, it must not block the earlier one in turn.
+    """
+    ids = (
+        conflict_id(PARTNER_VS_PARTNER, other.registration_id, own_id),
+        conflict_id(PARTNER_VS_PARTNER, own_id, other.registration_id),
+    )
+    entries = [entry for entry in (own, other) if entry is not None]
+    return any(entry.resolutions.get(cid) in ("dismissed", own_id) for entry in entries for cid in ids)

@@ -94,9 +94,7 @@ def test_name_rule_requires_same_country() -> None:
     assert match_accounts(vn(name), Customer(name, country="US")) is None
     assert match_accounts(vn(name), Customer(name)) is None
     assert match_accounts(Customer(name), Customer(name)) is None
-    assert (
-        match_accounts(Customer(name, country=""), Customer(name, country="")) is None
-    )
+    assert match_accounts(Customer(name, country=""), Customer(name, country="")) is None
     # Country comparison ignores case and surrounding spaces.
     assert match_accounts(vn(name), Customer(name, country=" vn ")) is not None
 
@@ -244,21 +242,13 @@ def test_tax_id_rule_matches(left: str, right: str) -> None:
     ],
 )
 def test_different_tax_ids_do_not_match(left: str, right: str) -> None:
-    assert (
-        match_accounts(Customer("Alpha", tax_id=left), Customer("Beta", tax_id=right))
-        is None
-    )
+    assert match_accounts(Customer("Alpha", tax_id=left), Customer("Beta", tax_id=right)) is None
 
 
 def test_foreign_13_digit_ids_do_not_reduce_but_identical_ids_match() -> None:
     a = Customer("Alpha", tax_id="1234567890123", country="TH")
-    assert (
-        match_accounts(a, Customer("Beta", tax_id="1234567890", country="TH")) is None
-    )
-    assert (
-        match_accounts(a, Customer("Beta", tax_id="1234567890-123", country="VN"))
-        is not None
-    )
+    assert match_accounts(a, Customer("Beta", tax_id="1234567890", country="TH")) is None
+    assert match_accounts(a, Customer("Beta", tax_id="1234567890-123", country="VN")) is not None
 
 
 # ------------------------------------------------------------------ evidence
@@ -267,13 +257,9 @@ def test_foreign_13_digit_ids_do_not_reduce_but_identical_ids_match() -> None:
 def test_rules_are_tried_in_order_domain_tax_name() -> None:
     a = vn("Minh Phát", domain="minhphat.vn", tax_id="0101234567")
     b = vn("Minh Phat", domain="www.minhphat.vn", tax_id="0101234567")
-    assert match_accounts(a, b) == MatchEvidence(
-        "domain", "minhphat.vn", "minhphat.vn", 1.0
-    )
+    assert match_accounts(a, b) == MatchEvidence("domain", "minhphat.vn", "minhphat.vn", 1.0)
     b2 = vn("Minh Phat", domain="other.vn", tax_id="0101-234-567")
-    assert match_accounts(a, b2) == MatchEvidence(
-        "tax_id", "0101234567", "0101234567", 1.0
-    )
+    assert match_accounts(a, b2) == MatchEvidence("tax_id", "0101234567", "0101234567", 1.0)
     b3 = vn("Minh Phat Co., Ltd", domain="other.vn", tax_id="9999999999")
     assert match_accounts(a, b3) == MatchEvidence("name", "minh phat", "minh phat", 1.0)
 
@@ -306,9 +292,7 @@ def test_customer_dict_round_trip() -> None:
         "extra": "ignored",
     }
     customer = Customer.from_dict(payload)
-    assert customer == Customer(
-        "Công ty TNHH Minh Phát", "minhphat.vn", "0101234567", "VN"
-    )
+    assert customer == Customer("Công ty TNHH Minh Phát", "minhphat.vn", "0101234567", "VN")
     assert Customer.from_dict(customer.to_dict()) == customer
     assert Customer.from_dict({"name": "X"}).to_dict() == {
         "name": "X",
@@ -336,22 +320,16 @@ names = st.one_of(
 )
 domains = st.one_of(
     st.none(),
-    st.sampled_from(
-        ["minhphat.vn", "https://www.minhphat.vn/x", "gmail.com", "dai-viet.com.vn", ""]
-    ),
+    st.sampled_from(["minhphat.vn", "https://www.minhphat.vn/x", "gmail.com", "dai-viet.com.vn", ""]),
     st.text(max_size=20),
 )
 tax_ids = st.one_of(
     st.none(),
-    st.sampled_from(
-        ["0101234567", "0101234567-001", "0101234567-002", "DE123456789", "N/A", ""]
-    ),
+    st.sampled_from(["0101234567", "0101234567-001", "0101234567-002", "DE123456789", "N/A", ""]),
     st.text(alphabet="0123456789-. ABde", max_size=16),
 )
 countries = st.one_of(st.none(), st.sampled_from(["VN", "vn", "US", "TH", ""]))
-customers = st.builds(
-    Customer, name=names, domain=domains, tax_id=tax_ids, country=countries
-)
+customers = st.builds(Customer, name=names, domain=domains, tax_id=tax_ids, country=countries)
 
 
 @settings(max_examples=300)
