@@ -83,6 +83,8 @@ _REGISTRATION_TOPICS = [
     )
 ]
 
+_CONTRACT_TOPICS = [get_topic(Contract.Signed), get_topic(Contract.Amended)]
+
 
 class PartnerProgram(Application[UUID]):
     """Commands of the partner programme over an event store chosen by the environment."""
@@ -738,9 +740,35 @@ class PartnerProgram(Application[UUID]):
     def request_recalculation(
         self, plan_id: str, *, period: str, actor: str, reason: str, at: datetime | None = None
     ) -> CommandResult:
+        """Record the request on the plan and on every partner with a contract on that plan.
+
+        The partner events carry the request into each partner's ordered stream,
+        so a ledger worker that sees only some partners adjusts each of them.
+        """
+        when = at or now()
         plan = self.plan(plan_id)
-        plan.request_recalculation(period=period, actor=actor, reason=reason, at=at or now())
-        return self._save(plan_id, plan)
+        plan.request_recalculation(period=period, actor=actor, reason=reason, at=when)
+        partners = [self.partner(pid) for pid in self.partners_on_plan(plan_id)]
+        for partner in partners:
+            partner.request_commission_recalculation(
+                plan_id=plan_id, period=plan.recalculations[-1], actor=actor, reason=reason, at=when
+            )
+        return self._save(plan_id, plan, *partners, partners=[p.partner_id for p in partners])
+
+    def partners_on_plan(self, plan_id: str) -> list[str]:
+        """Partners that have (or had) a contract on ``plan_id``, from the contract events in the store."""
+        partners: set[str] = set()
+        position = 1
+        while True:
+            batch = self.notification_log.select(start=position, limit=self.log_section_size, topics=_CONTRACT_TOPICS)
+            if not batch:
+                return sorted(partners)
+            for notification in batch:
+                event = self.mapper.to_domain_event(notification)
+                partner_id = getattr(event, "partner_id", None)
+                if getattr(event, "commission_plan_id", None) == plan_id and partner_id:
+                    partners.add(partner_id)
+            position = batch[-1].id + 1
 
     def record_payout(
         self,

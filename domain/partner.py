@@ -197,6 +197,15 @@ class Partner(PrmAggregate):
             if self.registration_id in aggregate.open_registrations:
                 aggregate.open_registrations.remove(self.registration_id)
 
+    class CommissionRecalculationRequested(PrmAggregate.Event):
+        """A plan recalculation reaches this partner's ledger (fanned out from the plan's request)."""
+
+        plan_id: str
+        period: str
+        actor: str
+        reason: str
+        at: datetime
+
     # ---- creation -----------------------------------------------------
     @event(Applied)
     def __init__(
@@ -511,6 +520,19 @@ class Partner(PrmAggregate):
             )
         self.trigger_event(
             self.RegistrationOpened, partner_id=self.partner_id, registration_id=registration_id, at=utc(at)
+        )
+
+    def request_commission_recalculation(
+        self, *, plan_id: str, period: str, actor: str, reason: str, at: datetime
+    ) -> None:
+        self.trigger_event(
+            self.CommissionRecalculationRequested,
+            partner_id=self.partner_id,
+            plan_id=plan_id,
+            period=period,
+            actor=require_actor(actor),
+            reason=require_reason(reason, "request a recalculation"),
+            at=utc(at),
         )
 
     def close_registration(self, registration_id: str, outcome: str, at: datetime) -> None:

@@ -62,12 +62,16 @@ class CommissionPlan(PrmAggregate):
         reason: str
         at: datetime
 
+        def apply(self, aggregate: CommissionPlan) -> None:
+            aggregate.recalculations.append(self.period)
+
     @event(Created)
     def __init__(self, plan_id: str, partner_id: str | None, name: str, actor: str, at: datetime) -> None:
         self.plan_id = plan_id
         self.partner_id = None
         self.name = name
         self.versions: list[dict[str, Any]] = []
+        self.recalculations: list[str] = []
 
     @staticmethod
     def create_id(plan_id: str, **_: Any) -> UUID:
