@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -91,6 +91,9 @@ class PartnerProgram(Application[UUID]):
 
     name = "PartnerProgram"
     log_section_size = 1000
+    # Aggregates are cached and fast-forwarded from the store on each get, so
+    # several processes writing the same store still see each other's events.
+    env: ClassVar[dict[str, str]] = {"AGGREGATE_CACHE_MAXSIZE": "10000", "AGGREGATE_CACHE_FASTFORWARD": "y"}
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)

@@ -130,7 +130,9 @@ class MatchEvidence:
 
 
 def _is_free_mail(domain: str) -> bool:
-    return any(domain == free or domain.endswith("." + free) for free in FREE_MAIL_DOMAINS)
+    """The domain or any parent domain of it is a free-mail domain."""
+    labels = domain.split(".")
+    return any(".".join(labels[i:]) in FREE_MAIL_DOMAINS for i in range(len(labels)))
 
 
 def normalise_domain(raw: str | None) -> str | None:
@@ -269,30 +271,48 @@ def name_similarity(a: str, b: str) -> float:
     return _similarity(normalise_name(a), normalise_name(b))
 
 
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """A customer's normalised matching keys, computed once."""
+
+    domain: str | None
+    tax_id: str | None
+    tax_key: str | None
+    country: str | None
+    name: str
+
+
+def account_keys(customer: Customer) -> AccountKeys:
+    return AccountKeys(
+        domain=normalise_domain(customer.domain),
+        tax_id=normalise_tax_id(customer.tax_id),
+        tax_key=tax_id_key(customer.tax_id, customer.country),
+        country=normalise_country(customer.country),
+        name=normalise_name(customer.name),
+    )
+
+
+def match_keys(
+    a: AccountKeys, b: AccountKeys, name_threshold: float = NAME_SIMILARITY_THRESHOLD
+) -> MatchEvidence | None:
+    """``match_accounts`` on pre-normalised keys."""
+    if not 0.0 <= name_threshold <= 1.0:
+        raise ValueError("name_threshold must be within 0..1")
+    if a.domain is not None and a.domain == b.domain:
+        return MatchEvidence("domain", a.domain, b.domain, 1.0)
+    if a.tax_id is not None and b.tax_id is not None and (a.tax_id == b.tax_id or a.tax_key == b.tax_key):
+        return MatchEvidence("tax_id", a.tax_id, b.tax_id, 1.0)
+    if a.country is not None and a.country == b.country and a.name and b.name:
+        score = _similarity(a.name, b.name)
+        if score >= name_threshold:
+            return MatchEvidence("name", a.name, b.name, score)
+    return None
+
+
 def match_accounts(a: Customer, b: Customer, name_threshold: float = NAME_SIMILARITY_THRESHOLD) -> MatchEvidence | None:
     """Evidence that ``a`` and ``b`` are the same account, or None.
 
     Rules in order: domain, tax id, name (same country required). Evidence
     holds the normalised values of ``a`` (left) and ``b`` (right).
     """
-    if not 0.0 <= name_threshold <= 1.0:
-        raise ValueError("name_threshold must be within 0..1")
-
-    domain_a, domain_b = normalise_domain(a.domain), normalise_domain(b.domain)
-    if domain_a is not None and domain_a == domain_b:
-        return MatchEvidence("domain", domain_a, domain_b, 1.0)
-
-    tax_a, tax_b = normalise_tax_id(a.tax_id), normalise_tax_id(b.tax_id)
-    if tax_a is not None and tax_b is not None:
-        same = tax_a == tax_b or tax_id_key(a.tax_id, a.country) == tax_id_key(b.tax_id, b.country)
-        if same:
-            return MatchEvidence("tax_id", tax_a, tax_b, 1.0)
-
-    country_a, country_b = normalise_country(a.country), normalise_country(b.country)
-    if country_a is not None and country_a == country_b:
-        name_a, name_b = normalise_name(a.name), normalise_name(b.name)
-        score = _similarity(name_a, name_b)
-        if name_a and name_b and score >= name_threshold:
-            return MatchEvidence("name", name_a, name_b, score)
-
-    return None
+    return match_keys(account_keys(a), account_keys(b), name_threshold)

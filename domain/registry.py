@@ -14,7 +14,7 @@ from uuid import UUID
 
 from domain.clock import utc
 from domain.conflicts import PARTNER_VS_PARTNER, conflict_id
-from domain.matching import Customer, match_accounts
+from domain.matching import AccountKeys, Customer, account_keys, match_keys
 from domain.registration import APPROVED, SUBMITTED, WON, DealRegistration
 
 
@@ -23,6 +23,7 @@ class IndexedRegistration:
     registration_id: str
     partner_id: str
     customer: Customer
+    keys: AccountKeys
     status: str
     position: int
     approved_at: datetime | None = None
@@ -56,6 +57,7 @@ class RegistrationIndex:
                 registration_id=event.registration_id,
                 partner_id=event.partner_id,
                 customer=Customer.from_dict(event.customer),
+                keys=account_keys(Customer.from_dict(event.customer)),
                 status=SUBMITTED,
                 position=position,
             )
@@ -85,6 +87,17 @@ class RegistrationIndex:
             del self.open[entry.registration_id]
             del self._ids[event.originator_id]
 
+    def _candidates(self, keys: AccountKeys) -> list[IndexedRegistration]:
+        """Registrations that can match ``keys``: same domain or tax key, or the same country (name rule)."""
+        return [
+            entry
+            for entry in self.open.values()
+            if _same(entry.keys.country, keys.country)
+            or _same(entry.keys.domain, keys.domain)
+            or _same(entry.keys.tax_id, keys.tax_id)
+            or _same(entry.keys.tax_key, keys.tax_key)
+        ]
+
     def _entry_for(self, event: Any) -> IndexedRegistration | None:
         registration_id = self._ids.get(event.originator_id)
         return self.open.get(registration_id) if registration_id is not None else None
@@ -107,17 +120,18 @@ class RegistrationIndex:
         at = utc(at)
         own = self.open.get(registration_id) if registration_id else None
         result = []
-        for other in sorted(self.open.values(), key=lambda r: r.position):
+        keys = account_keys(customer)
+        for other in sorted(self._candidates(keys), key=lambda r: r.position):
             if other.partner_id == partner_id or other.registration_id == registration_id:
                 continue
             if own is not None and other.status == SUBMITTED and other.position > own.position:
                 continue
             if not other.blocks_at(at):
                 continue
-            if registration_id is not None and _pair_cleared(own, other, registration_id):
-                continue
-            evidence = match_accounts(other.customer, customer, threshold)
+            evidence = match_keys(other.keys, keys, threshold)
             if evidence is None:
+                continue
+            if registration_id is not None and _pair_cleared(own, other, registration_id):
                 continue
             later = registration_id or "(new)"
             result.append(
@@ -131,6 +145,10 @@ class RegistrationIndex:
                 }
             )
         return result
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and a == b
 
 
 def _pair_cleared(own: IndexedRegistration | None, other: IndexedRegistration, own_id: str) -> bool:
