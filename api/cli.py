@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Load the sample programme into the embedded store and summarise it."""
+    from api.demo_view import read_models, render_commissions, render_conflicts, render_dashboard
     from api.sample import generate, run_commands
     from api.summary_view import render_summary, summary_to_dict
     from projections.store_reader import read_store
@@ -57,12 +59,25 @@ def demo(
     ) as progress:
         task = progress.add_task("load", total=len(steps))
         run_commands(program, steps, progress=lambda done, total: progress.update(task, completed=done))
-    summary = summarise(read_store(program))
+    events = list(read_store(program))
     container.close()
-    if as_json:
-        console.print_json(json.dumps(summary_to_dict(summary)))
+    summary = summarise(events)
+    store = read_models(events)
+    as_of = events[-1].time if events else None
+    if as_of is None:
+        _fail("the sample programme recorded nothing")
         return
-    render_summary(console, summary, store=str(settings.sqlite_path) if settings.store == "sqlite" else "postgres")
+    quiet = Console(file=io.StringIO()) if as_json else console
+    if not as_json:
+        render_summary(console, summary, store=str(settings.sqlite_path) if settings.store == "sqlite" else "postgres")
+    shown = {
+        "summary": summary_to_dict(summary),
+        "dashboard": render_dashboard(quiet, store),
+        "commissions": render_commissions(quiet, store, as_of),
+        "conflicts": render_conflicts(quiet, store),
+    }
+    if as_json:
+        console.print_json(json.dumps(shown))
 
 
 @app.command()
