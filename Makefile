@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   - the main job on the embedded default (SQLite, no broker)
 #   make test   - every check and test, against real PostgreSQL and Kafka started by deploy/up
+SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
