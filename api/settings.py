@@ -31,6 +31,24 @@ class Settings(BaseSettings):
         default="auto", description="'json' in production, 'console' (key=value) in a terminal; 'auto' picks by TTY."
     )
     log_level: str = Field(default="INFO")
+    keys_path: Path = Field(
+        default=Path(".prm/api-keys.sqlite"), description="API keys of the embedded mode (SQLite file)."
+    )
+    read_models: Literal["auto", "memory", "postgres"] = Field(
+        default="auto", description="Read models: in memory (embedded) or PostgreSQL; 'auto' follows the store."
+    )
+    read_model_schema: str | None = Field(
+        default=None, description="PostgreSQL schema of the read models (default: the event store's schema)."
+    )
+    projection_source: Literal["auto", "local", "kafka"] = Field(
+        default="auto",
+        description="Who runs the projections: 'local' (this process, from the event store) or 'kafka' (the"
+        " workers); 'auto': local for sqlite, kafka for postgres.",
+    )
+    topic_prefix: str = Field(default="", description="Prefix of the Kafka topic names.")
+    api_wait_default_seconds: float = Field(default=5.0, ge=0, le=30, description="Default wait for min_position.")
+    api_wait_max_seconds: float = Field(default=30.0, ge=0, le=300, description="Longest wait for min_position.")
+    api_ready_max_lag: int = Field(default=10_000, ge=0, description="Projection lag above which /readyz fails.")
 
     @field_validator("database_url")
     @classmethod
@@ -41,6 +59,16 @@ class Settings(BaseSettings):
         if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
             raise ValueError("database_url must look like postgresql://user[:password]@host[:port]/dbname")
         return value
+
+    def resolved_read_models(self) -> Literal["memory", "postgres"]:
+        if self.read_models != "auto":
+            return self.read_models
+        return "memory" if self.store == "sqlite" else "postgres"
+
+    def resolved_projection_source(self) -> Literal["local", "kafka"]:
+        if self.projection_source != "auto":
+            return self.projection_source
+        return "local" if self.store == "sqlite" else "kafka"
 
     def event_store_env(self) -> dict[str, str]:
         """The eventsourcing library's settings for the chosen store (never the in-memory default)."""
