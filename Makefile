@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:
-#   make demo   - the main job on the embedded default (SQLite, no broker)
+#   make demo   - the main job on the embedded default (SQLite, no broker): the sample programme
+#                 summarised, then served by the HTTP API (Ctrl-C stops it)
 #   make test   - every check and test, against real PostgreSQL and Kafka started by deploy/up
 SHELL := /bin/bash
 PY ?= python3.11
@@ -19,6 +20,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/prm demo
+	$(BIN)/prm api
 
 up:
 	deploy/up
