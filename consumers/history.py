@@ -16,9 +16,11 @@ streaming k-way merge:
   duplicates are dropped each partition is an increasing run (a re-published
   event has a sequence at or below the highest already seen in its partition);
 * the merge holds one head per partition in a heap and yields the smallest;
-  a partition whose buffer is empty is fetched before the merge goes on, and
-  partitions with a full buffer are paused, so memory stays bounded by the
-  fetch sizes whatever the skew between partitions.
+  a partition whose buffer is empty is fetched before the merge goes on.
+  Partitions are paused only once read to their end: kafka-python 3.0.12
+  can park the records of a paused partition and never fetch it again after
+  the resume, so a skewed history is buffered in memory instead (about
+  600 MB per million events); one consumer per partition would bound it.
 
 Anything that would break the order -- a new event (unseen id) whose sequence
 is not above its partition's highest, or two different events with the same
@@ -48,8 +50,8 @@ from projections.replay import KafkaCoordinates
 
 __all__ = ["HistoryError", "HistoryStats", "KafkaHistory", "history_consumer", "read_history"]
 
-_HIGH_WATER = 20_000
-"""Records buffered per partition above which the partition is paused."""
+_HIGH_WATER: int | None = None
+"""Records buffered per partition above which the partition is paused (None: never; see the module docstring)."""
 
 
 class HistoryError(RuntimeError):
@@ -93,12 +95,13 @@ def history_consumer(bootstrap: str | Sequence[str], **overrides: Any) -> KafkaC
 
 
 class _Partition:
-    __slots__ = ("buffer", "done", "end", "head", "max_sequence", "next_offset", "tp", "yielded_sequence")
+    __slots__ = ("buffer", "done", "end", "fetched_to", "head", "max_sequence", "next_offset", "tp", "yielded_sequence")
 
     def __init__(self, tp: TopicPartition, start: int, end: int, floor: int) -> None:
         self.tp = tp
         self.end = end
         self.next_offset = start  # first offset not yet consumed (yielded or dropped)
+        self.fetched_to = start  # first offset not yet received from the broker
         self.buffer: deque[Any] = deque()
         self.head: tuple[EventEnvelope, int] | None = None
         self.max_sequence = floor
@@ -287,6 +290,7 @@ class KafkaHistory:
                 if state is None or state.done:
                     continue
                 state.buffer.extend(records)
+                state.fetched_to = int(records[-1].offset) + 1
                 got += len(records)
                 self.stats.per_partition[f"{tp.topic}:{tp.partition}"] = self.stats.per_partition.get(
                     f"{tp.topic}:{tp.partition}", 0
@@ -308,7 +312,8 @@ class KafkaHistory:
         """Fetch ``wanted``; pause the partitions whose buffers are full or that are done."""
         pause, resume = [], []
         for tp, state in self._partitions.items():
-            hold = state is not wanted and (state.done or len(state.buffer) >= _HIGH_WATER)
+            full = _HIGH_WATER is not None and len(state.buffer) >= _HIGH_WATER
+            hold = state is not wanted and (state.done or full)
             if hold and tp not in self._paused:
                 pause.append(tp)
             elif not hold and tp in self._paused:
@@ -319,6 +324,11 @@ class KafkaHistory:
         if resume:
             self.consumer.resume(*resume)
             self._paused.difference_update(resume)
+            # kafka-python 3.0.12 can keep records fetched for a partition that was then paused and never
+            # hand them out after the resume (the partition stalls). Seeking to the first offset not yet
+            # received drops whatever it parked and fetches again from there.
+            for tp in resume:
+                self.consumer.seek(tp, self._partitions[tp].fetched_to)
 
     def _buffered(self) -> int:
         return sum(len(state.buffer) for state in self._partitions.values())
