@@ -1,0 +1,264 @@
+"""Replay rate from Kafka next to the raw kafka-python read rate of the same topics, in one run.
+
+    .venv/bin/python bench/replay_rate.py [--sizes 100000,1000000] [--target sqlite|memory] [--profile]
+
+Needs the Kafka of ``deploy/up``. For each size N it creates fresh topics under a
+unique prefix ``benchproj-<hex>.`` (``consumers.topics.TopicDefaults``), publishes a
+synthetic history of N envelopes (:mod:`bench.synthetic`) routed exactly as the
+relay routes them (``consumers.relay.route``: plan/programme events on
+``prm.program.v1`` keyed by subject, the rest on ``prm.events.v1`` keyed by
+partner or ``direct``), then measures on the same messages:
+
+1. raw read: a kafka-python consumer (the history consumer's settings) reading
+   every partition of both topics from offset 0 to the end offsets, bytes only;
+2. replay: ``consumers.history.read_history`` -> ``projections.replay.replay``
+   with the commission ledger into a SQLite file (cached, as ``prm replay --into
+   x.sqlite`` does) or an in-memory store;
+3. the raw read again (the machine is shared: a drift between 1 and 3 shows the load moved).
+
+``--profile``: a further replay of the smallest size under cProfile (top functions printed).
+Topics are deleted at the end. Results: printed, and appended as JSON to
+``.prm/bench/replay_rate.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic import CACHE, synthetic
+
+from consumers.history import history_consumer, read_history
+from consumers.relay import route
+from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
+from projections.envelope import EventEnvelope
+from projections.memory import InMemoryProjectionStore
+from projections.replay import open_target, replay
+
+BOOTSTRAP = os.environ.get("PRM_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def publish(names: TopicNames, count: int) -> tuple[int, float]:
+    producer = KafkaProducer(
+        bootstrap_servers=BOOTSTRAP, linger_ms=20, batch_size=512 * 1024, acks=1, max_request_size=4 * 1024 * 1024
+    )
+    started = time.perf_counter()
+    size = 0
+    for n, raw in enumerate(synthetic(count), 1):
+        envelope = EventEnvelope.from_json(raw)
+        target = route(envelope, names)
+        producer.send(target.topic, value=raw, key=target.key.encode())
+        size += len(raw)
+        if target.topic == names.program:
+            producer.flush()  # as the relay: nothing after a programme event before it is acked
+        if n % 100_000 == 0:
+            say(f"published {n:,}/{count:,} ({n / (time.perf_counter() - started):,.0f}/s)")
+    producer.flush()
+    producer.close()
+    return size, time.perf_counter() - started
+
+
+def raw_read(names: TopicNames) -> dict[str, Any]:
+    """kafka-python, the history consumer's settings, every partition to its end offset, bytes only."""
+    consumer = history_consumer(BOOTSTRAP)
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (names.events, names.program)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        count = size = 0
+        total = sum(ends.values())
+        started = time.perf_counter()
+        last_report = started
+        while remaining:
+            batches = consumer.poll(timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    size += len(record.value)
+                count += len(records)
+                if records and records[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+            now = time.perf_counter()
+            if now - last_report > 5:
+                say(f"  raw read {count:,}/{total:,}")
+                last_report = now
+        elapsed = time.perf_counter() - started
+    finally:
+        consumer.close(autocommit=False)
+    return {"records": count, "bytes": size, "elapsed_s": round(elapsed, 3), "per_s": round(count / elapsed, 1)}
+
+
+def run_replay(names: TopicNames | None, target_kind: str, batch_size: int, count: int = 0) -> dict[str, Any]:
+    """Replay from Kafka (``names``) or, with ``names=None``, from the generator (``count`` events, no Kafka)."""
+    with tempfile.TemporaryDirectory(prefix="benchproj-") as tmp:
+        closer = None
+        if target_kind == "sqlite":
+            target = open_target(str(Path(tmp) / "replay.sqlite"))
+            store: Any = target.store
+            closer = target.close
+        else:
+            store = InMemoryProjectionStore()
+        history: Any
+        if names is not None:
+            history = read_history(BOOTSTRAP, prefix=names.prefix)
+            total = history.total_records
+        else:
+            history = (EventEnvelope.from_json(raw) for raw in synthetic(count))
+            total = count
+        last_report = [time.perf_counter()]
+
+        def progress(seen: int, _last: int) -> None:
+            now = time.perf_counter()
+            if now - last_report[0] > 5:
+                say(f"  replay {seen:,}/{total:,}")
+                last_report[0] = now
+
+        started = time.perf_counter()
+        try:
+            stats = replay(history, store, batch_size=batch_size, progress=progress, source="kafka")
+        finally:
+            if closer is not None:
+                closer()
+        elapsed = time.perf_counter() - started
+    return {
+        "events": stats.seen,
+        "applied": stats.applied,
+        "kafka_records": history.stats.records if names is not None else None,
+        "duplicates": history.stats.duplicates if names is not None else None,
+        "elapsed_s": round(elapsed, 3),
+        "per_s": round(stats.seen / elapsed, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--target", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--from-generator",
+        action="store_true",
+        help="replay the synthetic history straight from the generator (no Kafka): the fold and target alone",
+    )
+    parser.add_argument("--profile-only", action="store_true", help="only the profiled replay (smallest size)")
+    parser.add_argument(
+        "--no-pause",
+        action="store_true",
+        help="work around the stall: raise consumers.history._HIGH_WATER so no partition is paused for a full buffer",
+    )
+    args = parser.parse_args()
+    if args.no_pause:
+        import consumers.history
+
+        consumers.history._HIGH_WATER = 1 << 40
+    for noisy in ("kafka", "kafka.conn", "kafka.coordinator"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    admin = admin_client(BOOTSTRAP, client_id="benchproj")
+    results: list[dict[str, Any]] = []
+    created: list[str] = []
+    try:
+        for count in sizes if args.from_generator else []:
+            load_before = load()
+            say(f"N={count:,}: replay from the generator into {args.target} (load {load_before})")
+            rep = run_replay(None, args.target, args.batch_size, count)
+            row = {"n": count, "source": "generator", "target": args.target, "batch_size": args.batch_size}
+            row.update(replay=rep, load_before=load_before, load_after=load())
+            row["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            say(f"N={count:,}: replay from the generator {rep['per_s']:,.0f}/s (load {load()})")
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        for count in sizes if not (args.profile_only or args.from_generator) else []:
+            defaults = TopicDefaults(prefix=f"benchproj-{uuid.uuid4().hex[:8]}.")
+            names = defaults.names
+            ensure_topics(admin, defaults.specs())
+            created.extend(names.all())
+            say(f"N={count:,}: publishing to {names.prefix}* (load {load()})")
+            size, pub_s = publish(names, count)
+            say(f"N={count:,}: published {size / 1e6:,.0f} MB in {pub_s:.1f} s; raw read (load {load()})")
+            load_before = load()
+            raw1 = raw_read(names)
+            say(f"N={count:,}: raw read {raw1['per_s']:,.0f}/s; replay into {args.target} (load {load()})")
+            rep = run_replay(names, args.target, args.batch_size)
+            say(f"N={count:,}: replay {rep['per_s']:,.0f}/s; raw read again (load {load()})")
+            raw2 = raw_read(names)
+            row = {
+                "n": count,
+                "target": args.target,
+                "batch_size": args.batch_size,
+                "no_pause": args.no_pause,
+                "raw_read": raw1,
+                "replay": rep,
+                "raw_read_after": raw2,
+                "ratio": round(rep["per_s"] / raw1["per_s"], 4),
+                "ratio_vs_mean_raw": round(2 * rep["per_s"] / (raw1["per_s"] + raw2["per_s"]), 4),
+                "load_before": load_before,
+                "load_after": load(),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            delete_topics(admin, names.all())
+            created = [t for t in created if t not in names.all()]
+        if args.profile or args.profile_only:
+            defaults = TopicDefaults(prefix=f"benchproj-{uuid.uuid4().hex[:8]}.")
+            names = defaults.names
+            ensure_topics(admin, defaults.specs())
+            created.extend(names.all())
+            count = min(sizes)
+            publish(names, count)
+            say(f"profiling the replay of {count:,} events (load {load()})")
+            profiler = cProfile.Profile()
+            profiler.enable()
+            rep = run_replay(names, args.target, args.batch_size)
+            profiler.disable()
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("tottime").print_stats(30)
+            stats.sort_stats("cumulative").print_stats(45)
+            report = CACHE / f"replay_rate-profile-{count}.txt"
+            report.write_text(out.getvalue())
+            print(out.getvalue())
+            print(json.dumps({"profiled": rep, "load": load(), "profile": str(report)}), flush=True)
+    finally:
+        if created:
+            delete_topics(admin, created)
+        admin.close()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "replay_rate.jsonl").open("a") as out_file:
+        for row in results:
+            out_file.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
