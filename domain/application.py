@@ -7,15 +7,24 @@ can wait for projections to reach that position.
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import JSONTranscoder, Transcoding
+from eventsourcing.application import AggregateNotFoundError, Application, Repository
+from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
+from eventsourcing.persistence import (
+    JSONTranscoder,
+    Notification,
+    RecordConflictError,
+    Recording,
+    StoredEvent,
+    Transcoding,
+)
 from eventsourcing.utils import get_topic
 
 from domain.base import PrmAggregate, require_actor, wire_type
@@ -807,3 +816,398 @@ class PartnerProgram(Application[UUID]):
             at=utc(at or now()),
         )
         return self._save(payout_id, payout)
+
+    # ---- inbound batches (the ingest consumer) -------------------------------
+    def record_inbound_batch(
+        self,
+        commands: Sequence[InboundCommand],
+        *,
+        load_events: EventLoader | None = None,
+        aggregates: InboundAggregates | None = None,
+        insert_events: EventInserter | None = None,
+        conflict_attempts: int = 5,
+    ) -> list[InboundOutcome]:
+        """Apply many inbound commands in order and record all their events in ONE store transaction.
+
+        Each command runs the very method it would run on its own (``record_sale``, ``refund_sale`` or
+        ``open_opportunity``, looked up on the instance), so duplicates, ``DuplicateWithDifferentData``,
+        refunds above the sale (also of a sale recorded earlier in the same batch), registration wins and
+        flags behave exactly as command by command. Inside the batch those methods see a working set of
+        aggregates instead of the store: each aggregate is loaded once (``load_events``, when given, loads
+        the whole batch's aggregates in one read; see ``EventLoader``), later commands see what earlier ones
+        did, and ``save`` only collects the new events. With ``load_events``, ``aggregates`` (one per caller,
+        used by one thread) keeps the aggregates a batch read (partners, contracts…) between batches: the next
+        batch fast-forwards them with the same read instead of copying them out of the repository's cache.
+        ``insert_events``, when given, records the batch's stored events instead of the recorder's
+        ``insert_events``.
+
+        Returns one outcome per command, in order: its ``CommandResult`` (with the position and events it
+        recorded once the batch is saved), or the ``DomainError`` that refused it. A refused command leaves
+        no trace: every aggregate it changed is rebuilt from the store and the events the batch had accepted
+        before it. Any other exception aborts the batch (nothing is recorded) as an ``InboundBatchError``
+        naming the command. A conflict with another writer on the final save (``RecordConflictError``)
+        reloads the aggregates and runs the whole batch again, up to ``conflict_attempts`` times.
+        """
+        for command in commands:
+            if command.name not in INBOUND_COMMANDS:
+                raise ValueError(f"not an inbound command: {command.name!r}")
+        known = aggregates if load_events is not None else None
+        attempt = 0
+        while True:
+            attempt += 1
+            batch = _InboundBatch(self, load_events, known, insert_events)
+            try:
+                return batch.commit(batch.run(commands))
+            except RecordConflictError:
+                batch.forget()
+                if attempt >= conflict_attempts:
+                    raise
+            except BaseException:
+                batch.forget()
+                raise
+
+    @property
+    def repository(self) -> Repository[UUID]:
+        """The store's repository; inside ``record_inbound_batch`` (same thread), the batch's working set."""
+        batch = _active_batch(self)
+        return batch.view if batch is not None else self._repository
+
+    def save(
+        self, *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None, **kwargs: Any
+    ) -> list[Recording[UUID]]:
+        """Record the pending events of ``objs``; inside ``record_inbound_batch`` (same thread), collect them."""
+        batch = _active_batch(self)
+        if batch is not None:
+            batch.collect(objs)
+            return []
+        return super().save(*objs, **kwargs)
+
+
+INBOUND_COMMANDS: frozenset[str] = frozenset({"record_sale", "refund_sale", "open_opportunity"})
+
+
+class InboundAggregates:
+    """Aggregates at their recorded state, kept between inbound batches (least recently used dropped first).
+
+    Only ``record_inbound_batch`` changes it: it adds what a batch recorded or read, fast-forwards what it
+    reuses, and forgets everything a failed attempt touched.
+    """
+
+    def __init__(self, max_size: int = 20_000) -> None:
+        self.max_size = max_size
+        self._items: dict[UUID, PrmAggregate] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def take(self, aggregate_id: UUID) -> PrmAggregate | None:
+        """The aggregate, marked as recently used (``None`` if not kept)."""
+        aggregate = self._items.pop(aggregate_id, None)
+        if aggregate is not None:
+            self._items[aggregate_id] = aggregate
+        return aggregate
+
+    def keep(self, aggregates: Mapping[UUID, PrmAggregate | None]) -> None:
+        for aggregate_id, aggregate in aggregates.items():
+            self._items.pop(aggregate_id, None)
+            if aggregate is not None:
+                self._items[aggregate_id] = aggregate
+        while len(self._items) > self.max_size:
+            del self._items[next(iter(self._items))]
+
+    def forget(self, ids: Iterable[UUID]) -> None:
+        for aggregate_id in ids:
+            self._items.pop(aggregate_id, None)
+
+
+EventLoader = Callable[[Mapping[UUID, int]], Mapping[UUID, Sequence[StoredEvent]]]
+"""Bulk read of the store: for each aggregate id, its stored events with a version above the given one, in
+version order (ids without such events may be left out). Lets a batch load its aggregates in one query."""
+
+EventInserter = Callable[[Sequence[StoredEvent]], Sequence[int]]
+"""Records stored events in one transaction, exactly as the application recorder's ``insert_events`` (same
+table lock, optimistic-concurrency ``IntegrityError``), and returns their notification ids in order."""
+
+
+@dataclass(frozen=True)
+class InboundCommand:
+    """One inbound command of a batch: ``name`` is ``record_sale``, ``refund_sale`` or ``open_opportunity``,
+    ``args`` its keyword arguments."""
+
+    name: str
+    args: Mapping[str, Any]
+
+
+InboundOutcome = CommandResult | DomainError
+
+
+class InboundBatchError(Exception):
+    """Command ``index`` of an inbound batch failed with something other than a ``DomainError``
+    (``cause``: an infrastructure failure or a bug); nothing of the batch was recorded."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(f"inbound command #{index} failed: {type(cause).__name__}: {cause}")
+        self.index = index
+        self.cause = cause
+
+
+_ACTIVE_BATCH = threading.local()
+_WIRE_TYPES: dict[type, str] = {}
+
+
+def _wire_type(event: Any) -> str:
+    """``wire_type(event)``, remembered per event class (it runs a regular expression)."""
+    try:
+        return _WIRE_TYPES[type(event)]
+    except KeyError:
+        name = _WIRE_TYPES[type(event)] = wire_type(event)
+        return name
+
+
+def _active_batch(program: PartnerProgram) -> _InboundBatch | None:
+    """The inbound batch this thread is running on ``program``, if any."""
+    batch: _InboundBatch | None = getattr(_ACTIVE_BATCH, "batch", None)
+    return batch if batch is not None and batch.program is program else None
+
+
+class _BatchRepository(Repository[UUID]):
+    """What the commands of an inbound batch see as ``program.repository``: the batch's working set."""
+
+    def __init__(self, batch: _InboundBatch) -> None:
+        super().__init__(batch.program.events)
+        self._batch = batch
+
+    def get(self, aggregate_id: UUID, *, version: int | None = None, **kwargs: Any) -> Any:
+        if version is not None:
+            return self._batch.store.get(aggregate_id, version=version, **kwargs)
+        return self._batch.get(aggregate_id)
+
+
+class _InboundBatch:
+    """The working state of one attempt at an inbound batch (see ``PartnerProgram.record_inbound_batch``)."""
+
+    def __init__(
+        self,
+        program: PartnerProgram,
+        load_events: EventLoader | None,
+        known: InboundAggregates | None,
+        insert_events: EventInserter | None = None,
+    ) -> None:
+        self.program = program
+        self.store: Repository[UUID] = program._repository
+        self.load_events = load_events
+        self.known = known
+        self.insert_events = insert_events
+        self.view = _BatchRepository(self)
+        # Aggregate id -> the working aggregate (None: known not to exist).
+        self.working: dict[UUID, PrmAggregate | None] = {}
+        # Aggregate id -> its version in the store when loaded (absent: not in the store).
+        self.stored_version: dict[UUID, int] = {}
+        # Aggregate id -> the events accepted so far in this batch, in order.
+        self.accepted: dict[UUID, list[Any]] = {}
+        # The command in progress: aggregate id -> its version when the command first got it; its events.
+        self.touched: dict[UUID, int | None] = {}
+        self.pending: list[Any] = []
+        self.per_command: list[list[Any]] = []
+
+    # ---- the working set -----------------------------------------------------
+    def get(self, aggregate_id: UUID) -> PrmAggregate:
+        try:
+            aggregate = self.working[aggregate_id]
+        except KeyError:
+            aggregate = self._load_one(aggregate_id)
+        if aggregate_id not in self.touched:
+            self.touched[aggregate_id] = aggregate.version if aggregate is not None else None
+        if aggregate is None:
+            raise AggregateNotFoundError(aggregate_id)
+        return aggregate
+
+    def _load_one(self, aggregate_id: UUID) -> PrmAggregate | None:
+        if self.load_events is not None:
+            self._load_many({aggregate_id})
+            return self.working[aggregate_id]
+        try:
+            aggregate: PrmAggregate | None = self.store.get(aggregate_id)  # a copy: the cache stays pristine
+        except AggregateNotFoundError:
+            aggregate = None
+        self._keep(aggregate_id, aggregate)
+        return aggregate
+
+    def _keep(self, aggregate_id: UUID, aggregate: PrmAggregate | None) -> None:
+        self.working[aggregate_id] = aggregate
+        if aggregate is not None:
+            self.stored_version[aggregate_id] = aggregate.version
+
+    def _load_many(self, ids: set[UUID]) -> None:
+        """Load ``ids`` with one call of ``load_events``: kept or cached aggregates are fast-forwarded, others
+        built from all their events."""
+        assert self.load_events is not None
+        ids -= self.working.keys()
+        if not ids:
+            return
+        cache = self.store.cache
+        bases: dict[UUID, PrmAggregate] = {}
+        after: dict[UUID, int] = {}
+        for aggregate_id in ids:
+            base = self.known.take(aggregate_id) if self.known is not None else None
+            if base is None and cache is not None:
+                try:
+                    hit = cache.get(aggregate_id)
+                except KeyError:
+                    hit = None
+                base = copy.deepcopy(hit) if isinstance(hit, PrmAggregate) else None  # the cache stays pristine
+            if base is not None:
+                bases[aggregate_id] = base
+            after[aggregate_id] = base.version if base is not None else 0
+        stored = self.load_events(after)
+        to_domain_event = self.program.mapper.to_domain_event
+        for aggregate_id in ids:
+            aggregate: Any = bases.get(aggregate_id)
+            for record in stored.get(aggregate_id, ()):
+                event: Any = to_domain_event(record)
+                aggregate = event.mutate(aggregate)
+            self._keep(aggregate_id, aggregate if isinstance(aggregate, PrmAggregate) else None)
+
+    def _prefetch(self, commands: Sequence[InboundCommand]) -> None:
+        """Load every aggregate the commands will read, in two reads (their contracts come second)."""
+        if self.load_events is None:
+            return
+        ids: set[UUID] = set()
+
+        def add(cls: type[PrmAggregate], business_id: Any) -> None:
+            if isinstance(business_id, str) and business_id.strip():
+                ids.add(cls.id_for(business_id))
+
+        for command in commands:
+            args = command.args
+            if command.name == "record_sale":
+                add(Sale, args.get("sale_id"))
+                add(Partner, args.get("partner_id"))
+                add(DealRegistration, args.get("registration_id"))
+            elif command.name == "refund_sale":
+                add(Sale, args.get("sale_id"))
+            else:
+                add(Opportunity, args.get("opportunity_id"))
+        self._load_many(ids)
+        contracts = {
+            Contract.id_for(contract_id)
+            for aggregate in list(self.working.values())
+            if isinstance(aggregate, Partner)
+            for contract_id in aggregate.contract_ids
+        }
+        self._load_many(contracts)
+
+    # ---- running the commands ------------------------------------------------------
+    def run(self, commands: Sequence[InboundCommand]) -> list[InboundOutcome]:
+        self._prefetch(commands)
+        outcomes: list[InboundOutcome] = []
+        _ACTIVE_BATCH.batch = self
+        try:
+            for index, command in enumerate(commands):
+                self.touched, self.pending = {}, []
+                try:
+                    result = getattr(self.program, command.name)(**command.args)
+                except DomainError as exc:
+                    self._undo()
+                    outcomes.append(exc)
+                    self.per_command.append([])
+                    continue
+                except Exception as exc:
+                    raise InboundBatchError(index, exc) from exc
+                for event in self.pending:
+                    self.accepted.setdefault(event.originator_id, []).append(event)
+                outcomes.append(result)
+                self.per_command.append(self.pending)
+        finally:
+            _ACTIVE_BATCH.batch = None
+        return outcomes
+
+    def collect(self, objs: Sequence[Any]) -> None:
+        """``save`` inside the batch: keep the aggregates in the working set, their new events pending."""
+        for obj in objs:
+            if obj is None:
+                continue
+            if isinstance(obj, PrmAggregate):
+                self.pending.extend(obj.collect_events())
+                self.working[obj.id] = obj
+            else:
+                self.pending.append(obj)
+
+    def _undo(self) -> None:
+        """A command was refused: put back every aggregate it changed, as the batch had it before."""
+        changed = {event.originator_id for event in self.pending}
+        for aggregate_id, version in self.touched.items():
+            aggregate = self.working.get(aggregate_id)
+            if (aggregate.version if aggregate is not None else None) != version:
+                changed.add(aggregate_id)
+        for aggregate_id in changed:
+            self.working[aggregate_id] = self._rebuild(aggregate_id)
+        self.pending = []
+
+    def _rebuild(self, aggregate_id: UUID) -> PrmAggregate | None:
+        version = self.stored_version.get(aggregate_id)
+        aggregate: Any = self.store.get(aggregate_id, version=version) if version is not None else None
+        for event in self.accepted.get(aggregate_id, ()):
+            aggregate = event.mutate(aggregate)
+        return aggregate if isinstance(aggregate, PrmAggregate) else None
+
+    # ---- recording -----------------------------------------------------------------
+    def commit(self, outcomes: list[InboundOutcome]) -> list[InboundOutcome]:
+        """Record every accepted event in one transaction; fill in each command's position and events."""
+        events = [event for per_command in self.per_command for event in per_command]
+        if not events:
+            self._cache_working_set()
+            return outcomes
+        if self.program.snapshots is not None:
+            recordings = Application.save(self.program, *events)
+        elif self.insert_events is None:
+            # What Application.save does without snapshots, minus its per-object protocol isinstance checks
+            # (slow on Python 3.11): the events are already collected.
+            recordings = self.program.events.put(events)
+        else:  # what EventStore.put does, with the given inserter
+            stored = [self.program.mapper.to_stored_event(event) for event in events]
+            ids = self.insert_events(stored)
+            if len(ids) != len(stored):
+                raise RuntimeError(f"{len(stored)} events inserted, {len(ids)} notification ids returned")
+            recordings = [
+                Recording(event, Notification(s.originator_id, s.originator_version, s.topic, s.state, id=n))
+                for event, s, n in zip(events, stored, ids, strict=True)
+            ]
+        positions = iter(recordings)
+        results: list[InboundOutcome] = []
+        for outcome, own in zip(outcomes, self.per_command, strict=True):
+            if isinstance(outcome, CommandResult) and own:
+                mine = [next(positions) for _ in own]
+                outcome = replace(
+                    outcome,
+                    position=max(r.notification.id for r in mine),
+                    events=[_wire_type(r.domain_event) for r in mine],
+                )
+            results.append(outcome)
+        self._cache_working_set()
+        return results
+
+    def forget(self) -> None:
+        """The attempt failed: what it touched may hold unrecorded changes."""
+        if self.known is not None:
+            self.known.forget(self.working)
+
+    def _cache_working_set(self) -> None:
+        """Once recorded, every working aggregate is the store's state at its version (refused commands were
+        undone). Keep the partners, contracts and registrations the batch read, which the next batches read
+        again, for the next batch (or cache them); not the sales and opportunities, which inbound commands
+        create and rarely read again (a refund reads its sale once: the batch's bulk read loads it), and
+        which would only grow the working set that Python's cyclic GC scans."""
+        read = {
+            i: a
+            for i, a in self.working.items()
+            if a is not None and i in self.stored_version and not isinstance(a, Sale | Opportunity)
+        }
+        if self.known is not None:
+            self.known.keep(read)
+            return
+        cache = self.store.cache
+        if cache is None:
+            return
+        for aggregate_id, aggregate in read.items():
+            cache.put(aggregate_id, aggregate)
