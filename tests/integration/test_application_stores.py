@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from api.settings import Settings
 from domain.application import PartnerProgram
 from domain.errors import ChannelConflictBlocks, DuplicateWithDifferentData, RefundExceedsSale
 from projections.store_reader import read_store
+from tests.helpers import onboard_partner
 
 pytestmark = pytest.mark.integration
 
@@ -35,40 +36,14 @@ def program(settings: Settings) -> Iterator[PartnerProgram]:
     app.close()
 
 
-def onboard(app: PartnerProgram, partner_id: str, at: datetime) -> None:
-    app.apply_partner(
-        partner_id=partner_id,
-        name=f"Partner {partner_id}",
-        type="reseller",
-        region="VN",
-        size="small",
-        actor="portal",
-        at=at,
-    )
-    app.approve_partner(partner_id, actor="channel-manager", at=at)
-    app.sign_contract(
-        contract_id=f"K-{partner_id}",
-        partner_id=partner_id,
-        starts_on=date(2026, 1, 1),
-        ends_on=date(2026, 12, 31),
-        auto_renew=False,
-        territory=["VN"],
-        terms="standard reseller terms",
-        commission_plan_id="STD",
-        actor="legal",
-        at=at,
-    )
-    app.record_training(partner_id, course="partner-onboarding", person="lan@example.vn", actor="lms", at=at)
-
-
 class TestApplicationOnEachStore:
     def test_lifecycle_positions_and_reload(self, program: PartnerProgram, settings: Settings) -> None:
         program.create_plan(plan_id="STD", name="Standard", actor="admin", at=T0)
         published = program.publish_plan_version(
             "STD", effective_from=datetime(2025, 1, 1, tzinfo=UTC), terms={}, actor="admin", reason="launch", at=T0
         )
-        onboard(program, "P-0001", T0)
-        onboard(program, "P-0002", T0)
+        onboard_partner(program, "P-0001", T0)
+        onboard_partner(program, "P-0002", T0)
         assert program.partner("P-0001").status == "active"
 
         first = program.submit_registration(

@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from api.settings import Settings
 from consumers.ingest import IngestConsumer, IngestStats
 from consumers.wire import InboundTopics
 from projections.store_reader import read_store
+from tests.helpers import onboard_partner
 
 pytestmark = pytest.mark.integration
 
@@ -90,29 +91,7 @@ def onboard_partners(settings: Settings) -> None:
         program.create_plan(plan_id="STD", name="Standard", actor="admin", at=T0 - timedelta(days=60))
         for partner_id in PARTNERS:
             at = T0 - timedelta(days=30)
-            program.apply_partner(
-                partner_id=partner_id,
-                name=f"Partner {partner_id}",
-                type="reseller",
-                region="VN",
-                size="small",
-                actor="portal",
-                at=at,
-            )
-            program.approve_partner(partner_id, actor="channel-manager", at=at)
-            program.sign_contract(
-                contract_id=f"K-{partner_id}",
-                partner_id=partner_id,
-                starts_on=date(2026, 1, 1),
-                ends_on=date(2026, 12, 31),
-                auto_renew=False,
-                territory=["VN"],
-                terms="standard reseller terms",
-                commission_plan_id="STD",
-                actor="legal",
-                at=at,
-            )
-            program.record_training(partner_id, course="partner-onboarding", person="lan@p.vn", actor="lms", at=at)
+            onboard_partner(program, partner_id, at, person="lan@p.vn")
             assert program.partner(partner_id).status == "active"
     finally:
         program.close()
