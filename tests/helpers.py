@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 
+from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
 from domain.application import PartnerProgram
 
 
@@ -39,3 +43,18 @@ def onboard_partner(
         at=at,
     )
     program.record_training(partner_id, course="partner-onboarding", person=person, actor="lms", at=at)
+
+
+@contextmanager
+def event_topics(kafka_bootstrap: str, label: str) -> Iterator[TopicNames]:
+    """``prm.events.v1`` and ``prm.program.v1`` under a prefix unique to one test; deleted afterwards."""
+    defaults = TopicDefaults(prefix=f"{label}-{uuid.uuid4().hex[:10]}.")
+    names = defaults.names
+    admin = admin_client(kafka_bootstrap, client_id=f"prm-test-{label}")
+    try:
+        report = ensure_topics(admin, [s for s in defaults.specs() if s.name in (names.events, names.program)])
+        assert not report.unresolved_drift
+        yield names
+    finally:
+        delete_topics(admin, names.all())
+        admin.close()

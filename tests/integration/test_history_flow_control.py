@@ -10,8 +10,9 @@ import pytest
 from kafka import KafkaProducer
 
 from consumers.history import read_history
-from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
+from consumers.topics import TopicNames
 from projections.envelope import EventEnvelope
+from tests.helpers import event_topics
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +21,8 @@ PARTNERS = [f"P-{n:04d}" for n in range(12)]
 
 @pytest.fixture
 def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    defaults = TopicDefaults(prefix=f"history-{uuid.uuid4().hex[:10]}.")
-    names = TopicNames(defaults.prefix)
-    admin = admin_client(kafka_bootstrap)
-    ensure_topics(admin, [s for s in defaults.specs() if s.name in (names.events, names.program)])
-    try:
+    with event_topics(kafka_bootstrap, "history") as names:
         yield names
-    finally:
-        delete_topics(admin, [names.events, names.program])
-        admin.close()
 
 
 def envelope(sequence: int) -> EventEnvelope:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,10 +31,11 @@ from api.bootstrap import build_program
 from api.sample import Step, generate, run_commands
 from api.settings import Settings
 from consumers.relay import DIRECT_KEY, Relay, RelayLocked, halt_producer, relay_producer, route
-from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
+from consumers.topics import TopicNames, admin_client
 from domain.application import PartnerProgram
 from projections.envelope import CONTENT_TYPE, EventEnvelope
 from projections.store_reader import read_store
+from tests.helpers import event_topics
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +47,8 @@ T0 = datetime(2025, 1, 1, 0, 30, tzinfo=UTC)
 @pytest.fixture
 def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
     """The relay's two topics under a prefix unique to the test; deleted afterwards."""
-    defaults = TopicDefaults(prefix=f"relay-{uuid.uuid4().hex[:10]}.")
-    names = defaults.names
-    admin = admin_client(kafka_bootstrap, client_id="prm-test-relay")
-    try:
-        report = ensure_topics(admin, [s for s in defaults.specs() if s.name in (names.events, names.program)])
-        assert not report.unresolved_drift
+    with event_topics(kafka_bootstrap, "relay") as names:
         yield names
-    finally:
-        delete_topics(admin, names.all())
-        admin.close()
 
 
 @pytest.fixture

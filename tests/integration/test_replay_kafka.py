@@ -29,7 +29,7 @@ from api.sample import generate, run_commands
 from api.settings import Settings
 from consumers.history import read_history
 from consumers.relay import Relay, relay_producer, route
-from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
+from consumers.topics import TopicNames
 from domain.application import PartnerProgram
 from projections.audit import diff, explain_line
 from projections.envelope import EventEnvelope
@@ -48,6 +48,7 @@ from projections.replay import (
 )
 from projections.runner import run_projections
 from projections.store_reader import read_store
+from tests.helpers import event_topics
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +81,8 @@ def recorded(pg_url: str) -> Iterator[Recorded]:
 
 @pytest.fixture
 def topics(kafka_bootstrap: str) -> Iterator[TopicNames]:
-    defaults = TopicDefaults(prefix=f"replay-{uuid.uuid4().hex[:10]}.")
-    names = defaults.names
-    admin = admin_client(kafka_bootstrap, client_id="prm-test-replay")
-    try:
-        report = ensure_topics(admin, [s for s in defaults.specs() if s.name in (names.events, names.program)])
-        assert not report.unresolved_drift
+    with event_topics(kafka_bootstrap, "replay") as names:
         yield names
-    finally:
-        delete_topics(admin, names.all())
-        admin.close()
 
 
 @pytest.fixture
