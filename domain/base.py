@@ -57,13 +57,27 @@ class PrmAggregate(Aggregate):
 
 def wire_type(event: Any) -> str:
     """CloudEvents ``type`` of a domain event: ``prm.<aggregate>.<event>.v1``."""
-    qualname = type(event).__qualname__
+    return wire_type_of(type(event))
+
+
+def wire_type_of(event_class: type[Any]) -> str:
+    """CloudEvents ``type`` of a domain event class (remembered per class: it runs a regular expression)."""
+    try:
+        return _WIRE_TYPES[event_class]
+    except KeyError:
+        pass
+    qualname = event_class.__qualname__
+    prefix = qualname.rsplit(".", 1)[0]
     event_name = qualname.rsplit(".", 1)[-1]
-    kind = _KIND_BY_QUALNAME_PREFIX.get(qualname.rsplit(".", 1)[0], "unknown")
-    return f"prm.{kind}.{snake(event_name)}.v1"
+    kind = _KIND_BY_QUALNAME_PREFIX.get(prefix)
+    name = f"prm.{kind or 'unknown'}.{snake(event_name)}.v1"
+    if kind is not None:  # an aggregate registered later would change an "unknown" answer
+        _WIRE_TYPES[event_class] = name
+    return name
 
 
 _KIND_BY_QUALNAME_PREFIX: dict[str, str] = {}
+_WIRE_TYPES: dict[type[Any], str] = {}
 
 
 def register_kind(cls: type[PrmAggregate]) -> type[PrmAggregate]:
