@@ -95,13 +95,12 @@ import functools
 import gc
 import hashlib
 import random
-import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -110,8 +109,7 @@ from eventsourcing.persistence import PersistenceError, RecordConflictError, Sto
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from psycopg import pq, sql
-from psycopg.adapt import Dumper
+from psycopg import sql
 
 from consumers.wire import (
     InboundMessage,
@@ -343,13 +341,13 @@ class PostgresInbox:
                     """
                 ).format(self._table),
                 (
-                    TextArray([c.message_id for c in claims]),
-                    TextArray([c.topic for c in claims]),
-                    Int4Array([c.partition for c in claims]),
-                    Int8Array([c.offset for c in claims]),
-                    TextArray([c.fingerprint for c in claims]),
-                    TextArray(event_types),
-                    TextArray([PENDING] * len(claims)),
+                    [c.message_id for c in claims],
+                    [c.topic for c in claims],
+                    [c.partition for c in claims],
+                    [c.offset for c in claims],
+                    [c.fingerprint for c in claims],
+                    list(event_types),
+                    [PENDING] * len(claims),
                 ),
             ).fetchall()
             rows = {row[0]: InboxRow(*row) for row in inserted}
@@ -361,7 +359,7 @@ class PostgresInbox:
                         'SELECT message_id, topic, "partition", "offset", fingerprint, outcome FROM {}'
                         " WHERE message_id = ANY(%b::text[])"
                     ).format(self._table),
-                    (TextArray(earlier),),
+                    (earlier,),
                 ).fetchall()
                 rows.update((row[0], InboxRow(*row)) for row in found)
             return rows
@@ -388,13 +386,13 @@ class PostgresInbox:
                     """
                 ).format(self._table),
                 (
-                    TextArray([c.key for c in completions]),
-                    TextArray([c.topic for c in completions]),
-                    Int4Array([c.partition for c in completions]),
-                    Int8Array([c.offset for c in completions]),
-                    TextArray([c.outcome for c in completions]),
-                    TextArray([c.error_code for c in completions]),
-                    Int8Array([c.position for c in completions]),
+                    [c.key for c in completions],
+                    [c.topic for c in completions],
+                    [c.partition for c in completions],
+                    [c.offset for c in completions],
+                    [c.outcome for c in completions],
+                    [c.error_code for c in completions],
+                    [c.position for c in completions],
                 ),
             )
 
@@ -426,102 +424,6 @@ class PostgresInbox:
                 self._conn.close()
             finally:
                 self._conn = None
-
-
-# --------------------------------------------------------------------------- binary arrays
-
-# psycopg dumps a list parameter element by element through its generic dumpers (about 1 µs an element:
-# a batch of 500 sends some 20 arrays). These list types are dumped straight into PostgreSQL's binary array
-# format (``array_recv``: one dimension, lower bound 1, NULL as length -1); the values and types the server
-# receives are those psycopg would send for the same list under the statement's ``::type[]`` cast.
-_NULL: Final = b"\xff\xff\xff\xff"
-_LENGTH = struct.Struct(">i")
-_INT4 = struct.Struct(">ii")
-_INT8 = struct.Struct(">iq")
-
-
-class _BinaryArray(list[Any]):
-    ELEMENT_OID: ClassVar[int]
-    ARRAY_OID: ClassVar[int]
-
-
-class TextArray(_BinaryArray):
-    """A ``text[]`` parameter (``str`` or ``None`` elements)."""
-
-    ELEMENT_OID, ARRAY_OID = 25, 1009
-
-
-class Int4Array(_BinaryArray):
-    """An ``int[]`` parameter (``int`` or ``None`` elements, 32 bits)."""
-
-    ELEMENT_OID, ARRAY_OID = 23, 1007
-
-
-class Int8Array(_BinaryArray):
-    """A ``bigint[]`` parameter (``int`` or ``None`` elements, 64 bits)."""
-
-    ELEMENT_OID, ARRAY_OID = 20, 1016
-
-
-class ByteaArray(_BinaryArray):
-    """A ``bytea[]`` parameter (``bytes`` or ``None`` elements)."""
-
-    ELEMENT_OID, ARRAY_OID = 17, 1001
-
-
-class UUIDArray(_BinaryArray):
-    """A ``uuid[]`` parameter (``UUID`` or ``None`` elements)."""
-
-    ELEMENT_OID, ARRAY_OID = 2950, 2951
-
-
-def binary_array(values: _BinaryArray, encoding: str = "utf-8") -> bytes:
-    """``values`` in PostgreSQL's binary array format."""
-    oid = values.ELEMENT_OID
-    if not values:
-        return struct.pack(">iiI", 0, 0, oid)
-    has_null = None in values
-    if isinstance(values, TextArray):
-        encoded = [None if v is None else v.encode(encoding) for v in values]
-        body = b"".join(_NULL if b is None else _LENGTH.pack(len(b)) + b for b in encoded)
-    elif isinstance(values, ByteaArray):
-        body = b"".join(_NULL if b is None else _LENGTH.pack(len(b)) + b for b in values)
-    elif isinstance(values, Int4Array):
-        body = b"".join(_NULL if v is None else _INT4.pack(4, v) for v in values)
-    elif isinstance(values, Int8Array):
-        body = b"".join(_NULL if v is None else _INT8.pack(8, v) for v in values)
-    elif isinstance(values, UUIDArray):
-        body = b"".join(_NULL if v is None else b"\x00\x00\x00\x10" + v.bytes for v in values)
-    else:  # pragma: no cover - every subclass is handled above
-        raise TypeError(f"no binary form for {type(values).__name__}")
-    return struct.pack(">iiIii", 1, 1 if has_null else 0, oid, len(values), 1) + body
-
-
-class _BinaryArrayDumper(Dumper):
-    format = pq.Format.BINARY
-
-    def __init__(self, cls: type, context: Any = None) -> None:
-        super().__init__(cls, context)
-        self.oid = getattr(cls, "ARRAY_OID", 0)
-        encoding = self.connection.info.encoding if self.connection is not None else "utf-8"
-        self._encoding = encoding if encoding != "ascii" else "utf-8"
-
-    def dump(self, obj: Any) -> bytes:
-        return binary_array(obj, self._encoding)
-
-
-def _id_array(id_type: str, ids: Iterable[Any]) -> list[Any]:
-    """Aggregate ids as a ``uuid[]`` (or, for a store with text ids, a ``text[]``) parameter."""
-    values = list(ids)
-    if id_type == "uuid" and all(isinstance(v, UUID) for v in values):
-        return UUIDArray(values)
-    if id_type == "text" and all(isinstance(v, str) for v in values):
-        return TextArray(values)
-    return values
-
-
-for _array_type in (TextArray, Int4Array, Int8Array, ByteaArray, UUIDArray):
-    psycopg.adapters.register_dumper(_array_type, _BinaryArrayDumper)
 
 
 # --------------------------------------------------------------------------- bulk reads of the event store
@@ -556,7 +458,7 @@ def postgres_event_loader(program: PartnerProgram) -> EventLoader | None:
             return {}
         events: dict[UUID, list[StoredEvent]] = {}
         with datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(query, (_id_array(id_type, after), Int8Array(after.values())))
+            cursor.execute(query, (list(after), list(after.values())))
             for row in cursor.fetchall():
                 originator_id = row["originator_id"]
                 events.setdefault(originator_id, []).append(
@@ -614,10 +516,10 @@ def postgres_event_inserter(program: PartnerProgram) -> EventInserter | None:
             cursor.execute(
                 insert,
                 (
-                    _id_array(id_type, [e.originator_id for e in stored]),
-                    Int8Array([e.originator_version for e in stored]),
-                    TextArray([e.topic for e in stored]),
-                    ByteaArray([e.state for e in stored]),
+                    [e.originator_id for e in stored],
+                    [e.originator_version for e in stored],
+                    [e.topic for e in stored],
+                    [e.state for e in stored],
                 ),
             )
             return [row["notification_id"] for row in cursor.fetchall()]
