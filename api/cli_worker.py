@@ -52,9 +52,17 @@ def _dashboards() -> ProjectionSpec:
 def _ledger() -> ProjectionSpec:
     from projections.ledger import CommissionLedger
 
-    # A Kafka worker must not recalculate every partner when the request arrives (see the ledger's docstring).
-    # Not declared partition-local until its authors confirm every document has a single writing stream.
-    return ProjectionSpec(CommissionLedger(recalculate_on_request=False), partition_local=False)
+    # A Kafka worker must not recalculate every partner when the request arrives (see the ledger's docstring),
+    # and that is what makes the ledger partition-local: with ``recalculate_on_request=False``
+    # * a partner event (``prm.events.v1``, keyed by its partner) writes only documents of that partner:
+    #   ``partner``, ``partner_month``, ``registration`` and ``discrepancy`` are keyed by the partner id;
+    #   ``sale`` and ``line`` by ids of that partner's own sales, refunds and payouts (a refund event
+    #   carries its sale's partner; a refund naming another partner's sale only reads it and books a
+    #   discrepancy of its own partner);
+    # * a plan event (``prm.program.v1`` only) writes only ``plan`` and ``recalculations``; partner events
+    #   read them, by sequence, after the programme gate. (With ``True`` a recalculation request would
+    #   rewrite every partner's documents from the programme partition: not partition-local.)
+    return ProjectionSpec(CommissionLedger(recalculate_on_request=False), partition_local=True)
 
 
 def _conflicts() -> ProjectionSpec:

@@ -1,37 +1,58 @@
-"""What faust costs on the projection path: raw aiokafka consume vs ``prm worker`` (one and two processes).
+"""What faust costs on the projection path: the same handler under faust and under a plain aiokafka loop.
 
-    .venv/bin/python bench/faust_tax.py [--scale 5] [--seed 5] [--projections dashboards]
+    .venv/bin/python bench/faust_tax.py [--events 200000] [--runs raw,parse,getmany:noop,faust:noop]
+    .venv/bin/python bench/faust_tax.py --events 30000 --runs parse,getmany:all,faust:all,faust:all:2
+    .venv/bin/python bench/faust_tax.py --events 100000 --runs faust:noop --profile
 
-Needs the servers of ``deploy/up``. It records the sample programme once (SQLite,
-cached under ``.prm/bench/``), publishes it like the relay to fresh prefixed
-topics, then measures, on the same messages:
+Needs the servers of ``deploy/up``. The history (``--events`` synthetic envelopes
+from :mod:`bench.synthetic`, or the recorded sample itself with ``--events 0``) is
+published once, routed like the relay (``consumers.relay.route``: partner events by
+partner on ``prm.events.v1``, programme events on ``prm.program.v1``), **before any
+consumer starts**. Every run then reads the same topics from offset 0, in the same
+benchmark run:
 
-1. raw aiokafka ``getmany`` over ``prm.events.v1`` (bytes only, then with
-   ``EventEnvelope.from_json``): the ceiling of any consumer;
-2. ``run_projections`` into PostgreSQL in-process (no Kafka): the projection
-   and storage cost alone;
-3. the worker with a no-op projection (faust, batching, gate, checkpoints, acks:
-   the framework's own cost), then ``prm worker`` with one process, then two
-   processes of one group: once
-   every worker has its assignment, the events are published and the clock
-   runs until every checkpoint has reached the last offset (the publisher is
-   faster than the workers, so this is the workers' rate).
+* ``raw``: aiokafka ``getmany`` over ``prm.events.v1``, bytes only; ``parse``: the
+  same with ``EventEnvelope.from_json`` (the ceiling of any consumer);
+* ``DRIVER:PROJECTIONS[:PROCESSES]``: worker processes in a fresh consumer group
+  and a fresh read-model schema. ``DRIVER`` is ``faust`` (:class:`ProjectionWorker`
+  exactly as ``prm worker`` runs it) or ``getmany`` (a plain aiokafka loop, below,
+  that calls the *same* handler: :meth:`ProjectionWorker.process_events` and
+  :meth:`ProjectionWorker.process_program`, i.e. the same gate, per-partition
+  batches, advisory locks, units of work, checkpoints). ``PROJECTIONS`` is ``noop``
+  (a projection that handles nothing: parsing, batching, gate, checkpoints and acks
+  only), ``all`` (ledger, conflicts, dashboards) or a ``+``-separated list.
 
-Topics and schemas are deleted at the end.
+A worker's rate is timed **from its first committed batch to its last event applied**
+(the benchmark polls the checkpoints in PostgreSQL every 20 ms), so process start,
+the group join and the first batch's ``batch_within`` are not in it; the seconds from
+the start of the processes to the first commit are printed too, with the CPU seconds
+the worker processes used while timed (from ``/proc``).
+
+``--profile``: the first worker process of each worker run is sampled by ``py-spy``
+(``PRM_PYSPY`` or ``/tmp/pyspy/bin/py-spy``, installed with ``pip install --target
+/tmp/pyspy py-spy``); the top functions, by own and by total samples, are printed
+and the collapsed stacks are kept under ``.prm/bench/``.
+
+Topics and schemas are deleted at the end. Each run appends a JSON line to
+``.prm/bench/faust_tax.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +61,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaProducer
 from psycopg import sql
 
-from consumers.program_gate import kafka_source
-from consumers.topics import TopicDefaults, admin_client, delete_topics, ensure_topics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from consumers.program_gate import Record, kafka_source
+from consumers.relay import route
+from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
 from projections.envelope import EventEnvelope
-from projections.postgres import PostgresProjectionStore
-from projections.runner import run_projections
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAM_KINDS = {"plan", "program"}
+OUT = ROOT / ".prm" / "bench"
 NOOP = "noop"
+ALL = "ledger+conflicts+dashboards"
+PYSPY = os.environ.get("PRM_PYSPY", "/tmp/pyspy/bin/py-spy")
 
 
 class NoOp:
@@ -63,12 +87,16 @@ class NoOp:
         raise AssertionError(event)
 
 
-def run_noop_worker(argv: list[str]) -> None:
-    """``faust_tax.py --noop-worker GROUP PREFIX SCHEMA``: ``prm worker`` with the no-op projection."""
+# --------------------------------------------------------------------------- #
+# Worker processes                                                             #
+# --------------------------------------------------------------------------- #
+def _child(argv: list[str]) -> None:
+    """``faust_tax.py --child DRIVER GROUP PREFIX SCHEMA PROJECTIONS``: one worker process."""
+    from api.cli_worker import projection_specs
     from api.logs import configure_logging
     from consumers.worker import ProjectionSpec, ProjectionWorker, WorkerConfig
 
-    group, prefix, schema = argv
+    driver, group, prefix, schema, projections = argv
     configure_logging("json", os.environ.get("PRM_LOG_LEVEL", "INFO"))
     for noisy in ("faust", "mode", "aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -80,39 +108,122 @@ def run_noop_worker(argv: list[str]) -> None:
         topic_prefix=prefix,
         lag_interval=0,
     )
-    ProjectionWorker(config, [ProjectionSpec(NoOp(), partition_local=True)]).run()
+    if projections == NOOP:
+        specs = [ProjectionSpec(NoOp(), partition_local=True)]
+    else:
+        specs = projection_specs(projections.replace("+", ","))
+    worker = ProjectionWorker(config, specs)
+    if driver == "faust":
+        worker.run()
+    else:
+        worker.prepare()
+        asyncio.run(_getmany_loop(worker, config))
 
 
-def sample(seed: int, scale: int) -> list[bytes]:
-    cache = ROOT / ".prm" / "bench" / f"sample-seed{seed}-scale{scale}.jsonl"
-    if not cache.exists():
-        from api.bootstrap import build_program
-        from api.sample import generate, run_commands
-        from api.settings import Settings
-        from projections.store_reader import read_store
+async def _getmany_loop(worker: Any, config: Any) -> None:
+    """The worker's handlers driven by a plain aiokafka loop (no group: every partition, from the checkpoints)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        parts = await worker.probe.partitions([config.events_topic, config.program_topic])
+        tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+        consumer.assign(tps)
+        sources = {kafka_source(tp.topic, tp.partition): tp for tp in tps}
+        nexts = await worker._retrying(worker.writer.next_offsets, list(sources))
+        for source, tp in sources.items():
+            consumer.seek(tp, nexts[source])
+        print(json.dumps({"event": "worker.assigned", "partitions": sorted(sources)}), flush=True)
+        # Batches shaped like the faust pipeline's: up to ``batch_size`` per partition, at most 8 x in all,
+        # or what ``batch_within`` seconds gave.
+        program: list[Record] = []
+        events: list[Record] = []
+        counts: dict[int, int] = {}
+        started = loop.time()
+        while not stop.is_set():
+            fetched = await consumer.getmany(timeout_ms=50, max_records=config.batch_size)
+            for tp, messages in fetched.items():
+                into = program if tp.topic == config.program_topic else events
+                into.extend(Record(m.topic, m.partition, m.offset, m.value) for m in messages)
+                if into is events:
+                    counts[tp.partition] = counts.get(tp.partition, 0) + len(messages)
+            full = max(counts.values(), default=0) >= config.batch_size or len(events) >= 8 * config.batch_size
+            if not (full or ((program or events) and loop.time() - started >= config.batch_within)):
+                continue
+            if program:
+                await worker.process_program(program)
+            if events:
+                await worker.process_events(events)
+            program, events, counts, started = [], [], {}, loop.time()
+    finally:
+        await consumer.stop()
+        await worker.probe.close()
+        stopped = {"event": "worker.stopped", "applied_events": worker.applied_events}
+        print(json.dumps(stopped | {"projections": worker.writer.timings()}), flush=True)
 
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        print(f"recording the sample programme (seed {seed}, scale {scale}) into {cache} ...", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            program = build_program(Settings(store="sqlite", sqlite_path=Path(tmp) / "events.sqlite"))
-            run_commands(program, generate(seed=seed, scale=scale))
-            with cache.open("wb") as out:
-                for envelope in read_store(program):
-                    out.write(envelope.to_json() + b"\n")
-            program.close()
-    return cache.read_bytes().splitlines()
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def publish(bootstrap: str, names: Any, lines: list[bytes]) -> dict[str, int]:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
+def _machine_cpu() -> dict[str, float]:
+    """CPU seconds so far: the whole machine (busy), every ``postgres`` and every ``java`` (Kafka) process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    out = {"machine": (sum(fields) - fields[3] - fields[4]) / tick, "postgres": 0.0, "java": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        comm = head.split("(", 1)[1]
+        if comm in ("postgres", "java"):
+            parts = tail.split()
+            out[comm] += (int(parts[11]) + int(parts[12])) / tick
+    return out
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants (py-spy wraps the worker)."""
+    total = _cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(_tree_cpu(int(c)) for c in children)
+
+
+# --------------------------------------------------------------------------- #
+# History, raw reads                                                           #
+# --------------------------------------------------------------------------- #
+def history(events: int, seed: int, scale: int) -> list[bytes]:
+    from synthetic import sample_lines, synthetic
+
+    if events <= 0:
+        return sample_lines(seed, scale)
+    return list(synthetic(events, seed=seed, scale=scale))
+
+
+def publish(bootstrap: str, names: TopicNames, lines: list[bytes]) -> dict[str, int]:
+    """Publish as the relay routes; programme events flushed before anything recorded after them."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks=1)
     futures = []
     for raw in lines:
-        envelope = EventEnvelope.from_json(raw)
-        if envelope.kind in PROGRAM_KINDS:
-            futures.append(producer.send(names.program, raw, key=envelope.subject.encode()))
+        where = route(EventEnvelope.from_json(raw), names)
+        futures.append(producer.send(where.topic, raw, key=where.key.encode()))
+        if where.topic == names.program:
             producer.flush()
-        else:
-            futures.append(producer.send(names.events, raw, key=(envelope.partner_id or "direct").encode()))
     producer.flush()
     last: dict[str, int] = {}
     for future in futures:
@@ -133,9 +244,11 @@ async def raw_consume(bootstrap: str, topic: str, partitions: int, parse: bool) 
         await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         count = 0
-        started = time.perf_counter()
+        started = 0.0
         while remaining:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if batch and not started:
+                started = time.perf_counter()
             for tp, messages in batch.items():
                 for message in messages:
                     if parse:
@@ -148,6 +261,9 @@ async def raw_consume(bootstrap: str, topic: str, partitions: int, parse: bool) 
         await consumer.stop()
 
 
+# --------------------------------------------------------------------------- #
+# Worker runs                                                                  #
+# --------------------------------------------------------------------------- #
 def create_schema(url: str, schema: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -158,104 +274,119 @@ def drop_schema(url: str, schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def in_process(url: str, lines: list[bytes], projections: list[str]) -> tuple[int, float]:
-    from api.cli_worker import projection_specs
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    create_schema(url, schema)
-    try:
-        store = PostgresProjectionStore(url, schema)
-        store.create_tables()
-        envelopes = [EventEnvelope.from_json(raw) for raw in lines]
-        specs = projection_specs(",".join(projections))
-        started = time.perf_counter()
-        run_projections(store, [s.projection for s in specs], envelopes, batch_size=1000)
-        elapsed = time.perf_counter() - started
-        store.close()
-        return len(envelopes), elapsed
-    finally:
-        drop_schema(url, schema)
+def applied_offsets(conn: psycopg.Connection[Any], schema: str, projections: list[str]) -> dict[str, int]:
+    """Per source: events applied by every projection (lowest ``offset + 1``)."""
+    if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".rm_checkpoints',)).fetchone() in (None, (None,)):
+        return {}
+    rows = conn.execute(
+        sql.SQL('SELECT projection, source, "offset" FROM {} WHERE "offset" IS NOT NULL').format(
+            sql.Identifier(schema, "rm_checkpoints")
+        )
+    ).fetchall()
+    marks: dict[str, dict[str, int]] = collections.defaultdict(dict)
+    for projection, source, offset in rows:
+        marks[source][projection] = offset + 1
+    return {s: min(by.get(p, 0) for p in projections) for s, by in marks.items()}
 
 
-def caught_up(url: str, schema: str, projections: list[str], last: dict[str, int]) -> bool:
-    with psycopg.connect(url, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".rm_checkpoints',)).fetchone()
-        if not exists or exists[0] is None:
-            return False
-        rows = conn.execute(
-            sql.SQL('SELECT projection, source, "offset" FROM {} WHERE "offset" IS NOT NULL').format(
-                sql.Identifier(schema, "rm_checkpoints")
-            )
-        ).fetchall()
-    offsets = {(p, s): o for p, s, o in rows}
-    return all(offsets.get((p, s), -1) >= o for p in projections for s, o in last.items())
+@dataclass
+class WorkerRun:
+    label: str
+    events: int
+    timed_events: int
+    seconds: float
+    to_first_commit: float
+    cpu_seconds: float
+    shares: list[int]
+    machine_cpu: dict[str, float]
+    timings: list[Any]
+    profile: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.timed_events / self.seconds if self.seconds > 0 else 0.0
 
 
 def workers_run(
-    url: str, bootstrap: str, defaults: TopicDefaults, lines: list[bytes], projections: list[str], count: int
-) -> tuple[int, float, list[int]]:
-    """Start ``count`` workers on empty topics, publish, wait until caught up; events/s between commits."""
-    names = defaults.names
+    url: str,
+    bootstrap: str,
+    names: TopicNames,
+    last: dict[str, int],
+    driver: str,
+    projections: str,
+    count: int,
+    profile: bool,
+    timeout: float,
+) -> WorkerRun:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     group = f"bench-{uuid.uuid4().hex[:8]}"
     create_schema(url, schema)
     env = {**os.environ, "PRM_DATABASE_URL": url, "PRM_KAFKA_BOOTSTRAP": bootstrap, "PRM_LOG_FORMAT": "json"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", driver, group, names.prefix, schema]
+    command.append(projections)
+    names_of = [NOOP] if projections == NOOP else [n for n in projections.split("+") if n]
     logs = [Path(tempfile.mkstemp(prefix=f"{group}-w{i}-", suffix=".log")[1]) for i in range(count)]
-    if projections == [NOOP]:
-        command = [sys.executable, __file__, "--noop-worker", group, names.prefix, schema]
-    else:
-        command = [sys.executable, "-m", "api.cli", "worker", "--workers-id", group, "--topic-prefix", names.prefix]
-        command += ["--schema", schema, "--lag-interval", "0", "--projections", ",".join(projections)]
-    processes = []
+    stacks = OUT / f"faust_tax-{driver}-{projections}-{group}.collapsed" if profile else None
+    total = sum(o + 1 for o in last.values())
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        for log in logs:
+        launched = time.perf_counter()
+        for i, log in enumerate(logs):
+            argv = command
+            if stacks is not None and i == 0:
+                argv = [PYSPY, "record", "--format", "raw", "--rate", "200", "--threads", "--gil"]
+                argv += ["-o", str(stacks), "--", *command]
             with log.open("wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        command,
-                        env=env,
-                        cwd=ROOT,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        all_sources = {kafka_source(names.events, p) for p in range(defaults.events_partitions)} | {
-            kafka_source(names.program, 0)
-        }
-
-        def assignments() -> list[set[str]]:
-            out = []
-            for log in logs:
-                latest: set[str] = set()
-                for line in log.read_text(errors="replace").splitlines():
-                    if line.startswith("{") and '"worker.assigned"' in line:
-                        latest = set(json.loads(line)["partitions"])
-                out.append(latest)
-            return out
-
-        deadline = time.monotonic() + 120
-        while True:
-            current = assignments()
-            if all(current) and set().union(*current) == all_sources and sum(map(len, current)) == len(all_sources):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers not assigned: {current}")
-            time.sleep(0.1)
-        started = time.perf_counter()
-        last = publish(bootstrap, names, lines)
-        deadline = time.monotonic() + 600
-        while not caught_up(url, schema, projections, last):
-            if time.monotonic() > deadline:
-                raise RuntimeError("workers did not catch up")
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
+                processes.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        first_at = 0.0
+        first_applied = 0
+        cpu_first = 0.0
+        machine_first: dict[str, float] = {}
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                applied = applied_offsets(conn, schema, names_of)
+                done = sum(applied.values())
+                now = time.perf_counter()
+                if done and not first_at:
+                    first_at, first_applied = now, done
+                    cpu_first = sum(_tree_cpu(p.pid) for p in processes)
+                    machine_first = _machine_cpu()
+                if done >= total:
+                    break
+                if any(p.poll() is not None for p in processes):
+                    raise RuntimeError(f"a worker exited: {[p.returncode for p in processes]}; logs {logs}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"workers did not catch up in {timeout} s: {done} of {total}")
+                time.sleep(0.02)
+        finished = time.perf_counter()
+        cpu = sum(_tree_cpu(p.pid) for p in processes) - cpu_first
+        machine = {k: round(v - machine_first[k], 2) for k, v in _machine_cpu().items()}
         shares = []
+        timings = []
         for process, log in zip(processes, logs, strict=True):
-            process.terminate()
-            process.wait(timeout=60)
-            stopped = [json.loads(x) for x in log.read_text().splitlines() if '"worker.stopped"' in x]
+            process.send_signal(signal.SIGINT if stacks is not None and process is processes[0] else signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            stopped = [json.loads(x) for x in log.read_text(errors="replace").splitlines() if '"worker.stopped"' in x]
             shares.append(stopped[-1]["applied_events"] if stopped else -1)
-        return len(lines), elapsed, shares
+            timings.append(stopped[-1].get("projections") if stopped else None)
+        label = f"{driver} worker x{count}, {projections}"
+        return WorkerRun(
+            label,
+            total,
+            total - first_applied,
+            finished - first_at,
+            first_at - launched,
+            cpu,
+            shares,
+            machine,
+            timings,
+            str(stacks),
+        )
     finally:
         for process in processes:
             if process.poll() is None:
@@ -266,51 +397,116 @@ def workers_run(
             log.unlink(missing_ok=True)
 
 
+def summarize_stacks(path: Path, top: int = 30) -> str:
+    """Top functions of py-spy's collapsed stacks, by own samples and by total samples (per thread)."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        total += count
+        threads[frames[0]] += count
+        own[frames[-1]] += count
+        for frame in set(frames[1:]):
+            inclusive[frame] += count
+    lines = [f"{total} samples; by thread: " + ", ".join(f"{t} {c}" for t, c in threads.most_common())]
+    lines.append("-- own samples --")
+    lines += [f"{c:7d} {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
+    lines.append("-- total samples --")
+    lines += [f"{c:7d} {100 * c / total:5.1f}%  {f}" for f, c in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    if sys.argv[1:2] == ["--noop-worker"]:
-        run_noop_worker(sys.argv[2:])
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="synthetic events (0: the recorded sample)")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--scale", type=int, default=5)
-    parser.add_argument("--projections", default="dashboards")
+    parser.add_argument("--runs", default="raw,parse,getmany:noop,faust:noop")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--timeout", type=float, default=280.0, help="seconds a worker run may take")
     parser.add_argument(
         "--database-url", default=os.environ.get("PRM_TEST_DATABASE_URL", "postgresql://prm@127.0.0.1:54329/prm_test")
     )
     parser.add_argument("--bootstrap", default=os.environ.get("PRM_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
-    projections = [p.strip() for p in args.projections.split(",") if p.strip()]
-    lines = sample(args.seed, args.scale)
-    print(f"{len(lines)} events; projections: {', '.join(projections)}; {os.cpu_count()} CPUs", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    lines = history(args.events, args.seed, args.scale)
+    started_at = datetime.now(UTC)
+    print(f"{len(lines)} events, {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
 
-    results: list[tuple[str, int, float]] = []
     admin = admin_client(args.bootstrap, client_id="prm-bench")
     defaults = TopicDefaults(prefix=f"bench{uuid.uuid4().hex[:8]}.")
+    names = defaults.names
     ensure_topics(admin, defaults.specs())
+    rows: list[dict[str, Any]] = []
     try:
-        publish(args.bootstrap, defaults.names, lines)
-        for parse in (False, True):
-            n, t = asyncio.run(raw_consume(args.bootstrap, defaults.names.events, defaults.events_partitions, parse))
-            results.append((f"raw aiokafka getmany{' + from_json' if parse else ''}", n, t))
-        n, t = in_process(args.database_url, lines, projections)
-        results.append(("run_projections -> PostgreSQL, in-process", n, t))
+        t = time.perf_counter()
+        last = publish(args.bootstrap, names, lines)
+        print(f"published in {time.perf_counter() - t:.1f} s: {last}", flush=True)
+        for run in [r.strip() for r in args.runs.split(",") if r.strip()]:
+            load_before = os.getloadavg()
+            if run in ("raw", "parse"):
+                n, seconds = asyncio.run(
+                    raw_consume(args.bootstrap, names.events, defaults.events_partitions, run == "parse")
+                )
+                row: dict[str, Any] = {"run": run, "events": n, "seconds": seconds, "rate": n / seconds}
+            else:
+                driver, projections, *rest = run.split(":")
+                projections = ALL if projections == "all" else projections
+                result = workers_run(
+                    args.database_url,
+                    args.bootstrap,
+                    names,
+                    last,
+                    driver,
+                    projections,
+                    int(rest[0]) if rest else 1,
+                    args.profile,
+                    args.timeout,
+                )
+                row = {
+                    "run": run,
+                    "label": result.label,
+                    "events": result.events,
+                    "timed_events": result.timed_events,
+                    "seconds": result.seconds,
+                    "rate": result.rate,
+                    "to_first_commit_s": result.to_first_commit,
+                    "cpu_s": result.cpu_seconds,
+                    "cpu_us_per_event": 1e6 * result.cpu_seconds / max(result.timed_events, 1),
+                    "shares": result.shares,
+                    "cpu_s_while_timed": result.machine_cpu,
+                    "lock_timings": result.timings,
+                }
+                if args.profile and result.profile and Path(result.profile).exists():
+                    report = summarize_stacks(Path(result.profile))
+                    Path(result.profile).with_suffix(".txt").write_text(report)
+                    print(report, flush=True)
+            row |= {"load_before": load_before, "load_after": os.getloadavg()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     finally:
-        delete_topics(admin, defaults.names.all())
-    for names, count in (([NOOP], 1), (projections, 1), (projections, 2)):
-        defaults = TopicDefaults(prefix=f"bench{uuid.uuid4().hex[:8]}.")
-        ensure_topics(admin, defaults.specs())
-        try:
-            n, t, shares = workers_run(args.database_url, args.bootstrap, defaults, lines, names, count)
-            what = "no-op projection" if names == [NOOP] else ",".join(names)
-            results.append((f"prm worker x{count}, {what} (events per worker: {shares})", n, t))
-        finally:
-            delete_topics(admin, defaults.names.all())
-    admin.close()
-
-    width = max(len(name) for name, _, _ in results)
-    print(f"\n{'path'.ljust(width)}  {'events':>7}  {'seconds':>8}  {'events/s':>9}")
-    for name, n, t in results:
-        print(f"{name.ljust(width)}  {n:>7}  {t:>8.2f}  {n / t:>9.0f}")
+        delete_topics(admin, names.all())
+        admin.close()
+    with (OUT / "faust_tax.jsonl").open("a") as out:
+        for row in rows:
+            out.write(json.dumps({"at": started_at.isoformat(), "history": len(lines), **row}) + "\n")
+    print(f"\n{'run':<28} {'events':>8} {'s':>7} {'events/s':>9} {'first commit s':>14} {'CPU µs/ev':>9}  load")
+    for row in rows:
+        print(
+            f"{row['run']:<28} {row['events']:>8} {row['seconds']:>7.2f} {row['rate']:>9.0f} "
+            f"{row.get('to_first_commit_s', 0):>14.2f} {row.get('cpu_us_per_event', 0):>9.0f}  "
+            f"{' '.join(f'{x:.2f}' for x in row['load_before'])} -> {' '.join(f'{x:.2f}' for x in row['load_after'])}"
+        )
 
 
 if __name__ == "__main__":

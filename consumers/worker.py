@@ -10,13 +10,17 @@ server; faust never declares topics (``prm kafka-ensure-topics`` does).
 
 Batches and checkpoints
 -----------------------
-An agent collects events into batches (``batch_size`` events or ``batch_within``
-seconds), groups them by partition, and for each partition and projection, in a
-thread of a small pool (one PostgreSQL connection per thread): takes an advisory
-lock, builds a :class:`UnitOfWork`, applies the events in offset order, and
-commits the documents together with the checkpoint of source
-``kafka:<topic>:<partition>`` (highest ``sequence`` applied, highest offset
-seen). Only then are the events acked to faust, which commits the offsets.
+An agent collects events into batches (until one partition has ``batch_size``
+events, or ``batch_within`` seconds), groups them by partition, and, in threads
+of a small pool (one PostgreSQL connection per thread), for each projection:
+takes an advisory lock, builds a :class:`UnitOfWork`, applies the events in
+offset order, and commits the documents together with the checkpoint of each
+source ``kafka:<topic>:<partition>`` (highest ``sequence`` applied, highest
+offset seen). A partition-local projection gets one unit per partition, the
+partitions in parallel; a shared one gets one unit for the whole batch (all its
+partitions, one after the other), so its shared documents are read and
+committed once per batch. Only when every unit is committed are the events
+acked to faust, which commits the offsets.
 
 * A redelivered event (crash, rebalance, re-published duplicate) has a sequence
   at or below the checkpoint and is skipped; the offset still advances.
@@ -24,9 +28,10 @@ seen). Only then are the events acked to faust, which commits the offsets.
   threads, so the two owners of a partition during a rebalance can never
   interleave their read-modify-write cycles (the unit of work reads the
   checkpoint after taking the lock). Its scope is the partition's source for a
-  projection declared ``partition_local`` (each document written by one stream:
-  the dashboards) and the whole projection otherwise (safe default: the channel
-  conflicts share index documents across partners).
+  projection declared ``partition_local`` (each document written by the events
+  of one partition: the dashboards, the ledger; see ``api/cli_worker.py``) and
+  the whole projection otherwise (safe default: the channel conflicts share
+  index documents across partners, so their batches are serialised group-wide).
 * The checkpoints in PostgreSQL, not Kafka's committed offsets, say what has
   been applied. When partitions are assigned (faust's ``on_rebalance_complete``,
   just before it seeks to the committed offsets) the worker commits, for each
@@ -100,7 +105,7 @@ from aiokafka.errors import KafkaError
 from consumers.program_gate import KafkaProbe, ProgramGate, Record, kafka_source
 from consumers.topics import TopicNames
 from projections.envelope import EventEnvelope
-from projections.port import Projection, ProjectionStore
+from projections.port import Checkpoint, Projection, ProjectionStore
 from projections.postgres import PostgresProjectionStore
 from projections.unit_of_work import UnitOfWork
 
@@ -175,11 +180,14 @@ def fatal(event: str, **details: Any) -> NoReturn:
 # --------------------------------------------------------------------------- #
 # Thread side: PostgreSQL                                                      #
 # --------------------------------------------------------------------------- #
+Parsed = tuple[int, EventEnvelope]
+"""A record's offset and its envelope."""
+
+
 @dataclass
 class Applied:
-    source: str
+    sources: list[str]
     events: int
-    last_offset: int
     applied: dict[str, int] = field(default_factory=dict)
 
 
@@ -190,7 +198,13 @@ class ReadModelWriter:
         self.conninfo = conninfo
         self.schema = schema
         self.specs = list(specs)
+        # Partition-local projections first (the programme partition applies every projection in this order).
+        self.apply_order = sorted(self.specs, key=lambda spec: not spec.partition_local)
         self._local = threading.local()
+        # Seconds per projection spent taking its advisory lock and holding it (apply + commit).
+        self.lock_wait_s: dict[str, float] = dict.fromkeys((s.name for s in self.specs), 0.0)
+        self.locked_s: dict[str, float] = dict.fromkeys((s.name for s in self.specs), 0.0)
+        self._times = threading.Lock()
 
     def store(self) -> PostgresProjectionStore:
         store: PostgresProjectionStore | None = getattr(self._local, "store", None)
@@ -238,38 +252,53 @@ class ReadModelWriter:
 
     def apply(self, source: str, records: Sequence[Record]) -> Applied:
         """Apply one partition's records (in order) to every projection; commit each with its checkpoint."""
+        return self.apply_parsed({source: parse_records(records)}, self.apply_order)
+
+    def apply_parsed(self, parts: Mapping[str, Sequence[Parsed]], specs: Sequence[ProjectionSpec]) -> Applied:
+        """Apply parsed records of one or more partitions to ``specs``: per projection, one lock, one unit, one commit.
+
+        A partition-local projection takes one partition at a time (its lock is the
+        partition's); a shared one may take a whole batch of partitions under its
+        group-wide lock, so its shared documents are read and written once per batch.
+        """
         try:
-            return self._apply(source, records)
+            return self._apply(parts, specs)
         except psycopg.Error:
             self.discard_store()
             raise
 
-    def _apply(self, source: str, records: Sequence[Record]) -> Applied:
-        envelopes = [(record.offset, _parse(record)) for record in records]
-        result = Applied(source=source, events=len(records), last_offset=records[-1].offset if records else -1)
-        for spec in self.specs:
-            scope = f"{spec.name}:{source}" if spec.partition_local else spec.name
+    def _apply(self, parts: Mapping[str, Sequence[Parsed]], specs: Sequence[ProjectionSpec]) -> Applied:
+        result = Applied(sources=sorted(parts), events=sum(len(envelopes) for envelopes in parts.values()))
+        for spec in specs:
+            if spec.partition_local:
+                if len(parts) != 1:
+                    raise ValueError(f"{spec.name} is partition-local: apply it one partition at a time")
+                scope = f"{spec.name}:{next(iter(parts))}"
+            else:
+                scope = spec.name
+            asked = time.monotonic()
             with self.locked(scope) as store:
-                previous = store.checkpoints(spec.name).get(source)
-                sequence = previous.sequence if previous is not None else 0
-                known = previous.offset if previous is not None and previous.offset is not None else None
+                got = time.monotonic()
+                marks = store.checkpoints(spec.name)
                 unit = UnitOfWork(store, spec.name)
                 applied = 0
-                for offset, envelope in envelopes:
-                    if known is not None and offset > known + 1:
-                        raise OffsetGap(
-                            f"{spec.name}: {source} offset {offset} follows checkpoint offset {known}: "
-                            f"{offset - known - 1} message(s) would be skipped"
-                        )
-                    if unit.apply(spec.projection, envelope, source, offset):
-                        applied += 1
-                        sequence = envelope.sequence
-                    known = offset if known is None else max(known, offset)
-                if known is not None:
-                    unit.advance(source, sequence, known)
+                for source, envelopes in parts.items():
+                    applied += _apply_source(unit, spec, source, envelopes, marks.get(source))
                 unit.commit()
                 result.applied[spec.name] = applied
+            done = time.monotonic()
+            with self._times:
+                self.lock_wait_s[spec.name] += got - asked
+                self.locked_s[spec.name] += done - got
         return result
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Per projection: seconds spent waiting for its lock and holding it, since the start."""
+        with self._times:
+            return {
+                name: {"lock_wait_s": round(self.lock_wait_s[name], 3), "locked_s": round(self.locked_s[name], 3)}
+                for name in self.locked_s
+            }
 
     def next_offsets(self, sources: Iterable[str]) -> dict[str, int]:
         """For each source, the first offset that some projection has not applied (0 if one never saw it)."""
@@ -299,6 +328,33 @@ class ReadModelWriter:
         except psycopg.Error:
             self.discard_store()
             raise
+
+
+def _apply_source(
+    unit: UnitOfWork, spec: ProjectionSpec, source: str, envelopes: Sequence[Parsed], previous: Checkpoint | None
+) -> int:
+    """Apply one partition's events to ``unit`` in offset order and move its checkpoint; returns how many applied."""
+    sequence = previous.sequence if previous is not None else 0
+    known = previous.offset if previous is not None and previous.offset is not None else None
+    applied = 0
+    for offset, envelope in envelopes:
+        if known is not None and offset > known + 1:
+            raise OffsetGap(
+                f"{spec.name}: {source} offset {offset} follows checkpoint offset {known}: "
+                f"{offset - known - 1} message(s) would be skipped"
+            )
+        if unit.apply(spec.projection, envelope, source, offset):
+            applied += 1
+            sequence = envelope.sequence
+        known = offset if known is None else max(known, offset)
+    if known is not None:
+        unit.advance(source, sequence, known)
+    return applied
+
+
+def parse_records(records: Sequence[Record]) -> list[Parsed]:
+    """``(offset, envelope)`` of each record; an unparsable one raises ``ValueError`` (a bug: the worker exits)."""
+    return [(record.offset, _parse(record)) for record in records]
 
 
 def _parse(record: Record) -> EventEnvelope:
@@ -390,10 +446,20 @@ def projection_lag(
 # Async side: faust                                                            #
 # --------------------------------------------------------------------------- #
 class _BatchPipeline:
-    """Batches a faust stream (``size`` events or ``within`` s), handles batches one at a time, acks after.
+    """Batches a faust stream, handles batches one at a time, acks after.
+
+    A batch is submitted when one partition has ``size`` events in it, when it
+    holds ``size * MAX_PARTITIONS_PER_BATCH`` events, or ``within`` seconds
+    after its first event. faust delivers the partitions round-robin, so
+    counting ``size`` per partition (not per batch) keeps every partition's
+    unit of work near ``size`` events: with 6 partitions, a 1,000-event batch
+    counted in total left units of about 170 events, each paying the lock,
+    checkpoint and commit round trips and reading its documents afresh.
 
     Not ``Stream.take``: that acks in a ``finally`` even when the batch was not applied.
     """
+
+    MAX_PARTITIONS_PER_BATCH = 8
 
     def __init__(self, stream: Any, handle: Any, config: WorkerConfig, name: str) -> None:
         self.stream = stream.noack()
@@ -403,6 +469,7 @@ class _BatchPipeline:
         self.grace = config.shutdown_grace
         self.name = name
         self._buffer: list[Any] = []
+        self._per_partition: dict[int, int] = {}
         self._started = 0.0
         self._queue: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=1)
         self._submit_lock = asyncio.Lock()
@@ -412,12 +479,16 @@ class _BatchPipeline:
         loop = asyncio.get_running_loop()
         committer = asyncio.ensure_future(self._commit_loop())
         flusher = asyncio.ensure_future(self._flush_loop())
+        counts = self._per_partition
+        cap = self.size * self.MAX_PARTITIONS_PER_BATCH
         try:
             async for event in self.stream.events():
                 if not self._buffer:
                     self._started = loop.time()
                 self._buffer.append(event)
-                if len(self._buffer) >= self.size:
+                partition = event.message.partition
+                counts[partition] = n = counts.get(partition, 0) + 1
+                if n >= self.size or len(self._buffer) >= cap:
                     await self._submit()
         finally:
             # Graceful stop: no new batch starts; the one in progress may reach PostgreSQL and be acked.
@@ -433,6 +504,7 @@ class _BatchPipeline:
             if not self._buffer:
                 return
             batch, self._buffer = self._buffer, []
+            self._per_partition.clear()
             await self._queue.put(batch)
 
     async def _flush_loop(self) -> None:
@@ -454,9 +526,10 @@ class _BatchPipeline:
     async def _handle(self, batch: list[Any]) -> None:
         try:
             started = time.perf_counter()
-            await self.handle(batch)
+            await self.handle([_record(event) for event in batch])
+            ack = self.stream.ack
             for event in batch:
-                await self.stream.ack(event)
+                await ack(event)
             log.debug(
                 "worker.batch", agent=self.name, events=len(batch), seconds=round(time.perf_counter() - started, 4)
             )
@@ -517,10 +590,10 @@ class ProjectionWorker:
         program = app.topic(c.program_topic, key_serializer="raw", value_serializer="raw")
 
         async def events_agent(stream: Any) -> None:
-            await self._run_pipeline(_BatchPipeline(stream, self._process_events, c, "events"))
+            await self._run_pipeline(_BatchPipeline(stream, self.process_events, c, "events"))
 
         async def program_agent(stream: Any) -> None:
-            await self._run_pipeline(_BatchPipeline(stream, self._process_program, c, "program"))
+            await self._run_pipeline(_BatchPipeline(stream, self.process_program, c, "program"))
 
         app.agent(events, name=f"{c.app_id}.events")(events_agent)
         app.agent(program, name=f"{c.app_id}.program")(program_agent)
@@ -534,26 +607,39 @@ class ProjectionWorker:
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def _apply(self, source: str, records: list[Record]) -> Applied:
-        """Apply one partition's records; retry infrastructure failures for ever, die on anything else."""
+    async def _write(self, parts: Mapping[str, Sequence[Parsed]], specs: Sequence[ProjectionSpec]) -> Applied:
+        """Apply parsed partitions to ``specs``; retry infrastructure failures for ever, die on anything else."""
         delay = 0.1
         while True:
             try:
-                result: Applied = await self._in_thread(self.writer.apply, source, records)
-                self.applied_events += len(records)
+                result: Applied = await self._in_thread(self.writer.apply_parsed, parts, specs)
                 return result
             except TRANSIENT_ERRORS as exc:
-                log.warning("read_model.retry", source=source, error=repr(exc), retry_in_s=delay)
+                log.warning("read_model.retry", sources=sorted(parts), error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except Exception as exc:
                 fatal(
                     "worker.apply_failed",
-                    source=source,
-                    first_offset=records[0].offset,
-                    last_offset=records[-1].offset,
+                    projections=[spec.name for spec in specs],
+                    offsets={s: [e[0][0], e[-1][0]] for s, e in parts.items() if e},
                     error=repr(exc),
                 )
+
+    async def _parse(self, by_source: Mapping[str, Sequence[Record]]) -> dict[str, list[Parsed]]:
+        try:
+            parsed: dict[str, list[Parsed]] = await self._in_thread(
+                lambda: {source: parse_records(records) for source, records in by_source.items()}
+            )
+        except Exception as exc:
+            fatal("worker.unparsable", error=repr(exc))
+        return parsed
+
+    async def _apply(self, source: str, records: list[Record]) -> None:
+        """Apply one partition's records to every projection (the programme partition)."""
+        parts = await self._parse({source: records})
+        await self._write(parts, self.writer.apply_order)
+        self.applied_events += len(records)
 
     async def _program_applied_offset(self) -> int:
         source = self.gate.source
@@ -573,21 +659,34 @@ class ProjectionWorker:
     async def _apply_program(self, records: list[Record]) -> None:
         await self._apply(self.gate.source, records)
 
-    async def _process_program(self, batch: list[Any]) -> None:
-        records = [_record(event) for event in batch]
+    async def process_program(self, records: list[Record]) -> None:
+        """Apply a batch of the programme partition (the handler of the programme agent)."""
         await self._apply(self.gate.source, records)
         self.gate.note_applied(max(r.offset for r in records))
 
-    async def _process_events(self, batch: list[Any]) -> None:
-        by_partition: dict[tuple[str, int], list[Record]] = {}
-        for event in batch:
-            record = _record(event)
-            by_partition.setdefault((record.topic, record.partition), []).append(record)
+    async def process_events(self, records: list[Record]) -> None:
+        """Apply a batch of ``prm.events.v1`` once the gate allows it (the handler of the partner agent).
+
+        Each partition-local projection runs per partition, the partitions in
+        parallel (threads); each shared projection takes the whole batch in one
+        unit of work under its group-wide lock, concurrently with them.
+        Independent of faust: ``bench/faust_tax.py`` drives the same handler from a plain aiokafka loop.
+        """
+        by_source: dict[str, list[Record]] = {}
+        for record in records:
+            by_source.setdefault(kafka_source(record.topic, record.partition), []).append(record)
         # The programme end offset is read after the batch was fetched: every programme
         # event recorded before an event of this batch is below it (the relay's flush rule).
         end = await self._retrying_async(self.gate.end_offset)
         await self.gate.wait_for(end)
-        await asyncio.gather(*(self._apply(kafka_source(t, p), recs) for (t, p), recs in by_partition.items()))
+        parts = await self._parse(by_source)
+        local = [spec for spec in self.writer.apply_order if spec.partition_local]
+        shared = [spec for spec in self.writer.apply_order if not spec.partition_local]
+        jobs = [self._write({source: envelopes}, local) for source, envelopes in parts.items()] if local else []
+        if shared:
+            jobs.append(self._write(parts, shared))
+        await asyncio.gather(*jobs)
+        self.applied_events += len(records)
 
     async def _retrying_async(self, fn: Any) -> Any:
         delay = 0.1
@@ -641,7 +740,7 @@ class ProjectionWorker:
                     await self.probe.close()
                 except Exception as exc:
                     log.warning("worker.probe_close_failed", error=repr(exc))
-                log.info("worker.stopped", applied_events=self.applied_events)
+                log.info("worker.stopped", applied_events=self.applied_events, projections=self.writer.timings())
 
     async def _report_lag(self) -> None:
         try:
@@ -687,6 +786,7 @@ class ProjectionWorker:
             projections=projections,
             events_per_s=round(rate, 1),
             gate_catch_ups=self.gate.helped,
+            timings=self.writer.timings(),
         )
 
     # ---- running ----------------------------------------------------------
