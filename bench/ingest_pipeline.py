@@ -137,7 +137,26 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The checkout's commit, with ``+changes`` when the benchmarked files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "domain", "consumers", "projections", "api"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+changes" if changed else commit
 
 
 def process_cpu(pid: int) -> float:

@@ -15,9 +15,9 @@ PRM_NAMESPACE = UUID("6f1d3c4e-2b7a-5c90-9e8d-7a41b2c3d4e5")
 
 
 # A command derives the same few ids several times (the sale, its partner, contract and
-# registration); ``uuid5`` is pure, so recent ones are remembered. Bounded: a million sales
-# must not grow the process.
-@lru_cache(maxsize=65_536)
+# registration), and a batch of up to a few thousand commands derives them once more to prefetch;
+# ``uuid5`` is pure, so recent ones are remembered. Bounded: a million sales must not grow the process.
+@lru_cache(maxsize=8192)
 def aggregate_id(kind: str, business_id: str) -> UUID:
     """Aggregate id for ``kind`` (``partner``, ``registration``…) and a business id."""
     if not business_id or not business_id.strip():
