@@ -181,3 +181,16 @@ def test_the_relay_reads_stored_json_only_with_the_default_transcodings() -> Non
     assert not reads_stored_json(Mapper(transcoder=transcoder))
     compressed = PartnerProgram(env={"PERSISTENCE_MODULE": "eventsourcing.popo", "COMPRESSOR_TOPIC": "zlib"})
     assert not reads_stored_json(compressed.mapper)
+
+
+class _WithSubjectProperty(Sale.Recorded):
+    @property
+    def subject(self) -> str:  # type: ignore[override]
+        return "computed"
+
+
+def test_an_event_class_that_computes_subject_is_declined() -> None:
+    program = PartnerProgram(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    state = program.mapper.transcoder.encode(_sale_state())
+    assert envelope_of_stored(_WithSubjectProperty, uuid4(), 1, state, 7) is None
+    assert envelope_of_stored(Sale.Recorded, uuid4(), 1, state, 7) is not None
