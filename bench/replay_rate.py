@@ -16,7 +16,9 @@ partner or ``direct``), then measures on the same messages:
    x.sqlite`` does) or an in-memory store;
 3. the raw read again (the machine is shared: a drift between 1 and 3 shows the load moved).
 
-``--profile``: a further replay of the smallest size under cProfile (top functions printed).
+``--profile``: a further replay of the smallest size (or ``--profile-size``) under cProfile (top functions printed).
+Each replay row also has the process's resident memory right after the replay (the target's cache still
+alive), its peak so far (publishing included) and the time spent in cyclic garbage collections.
 Topics are deleted at the end. Results: printed, and appended as JSON to
 ``.prm/bench/replay_rate.jsonl``.
 """
@@ -25,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import logging
 import os
 import pstats
+import resource
 import sys
 import tempfile
 import time
@@ -117,6 +121,14 @@ def raw_read(names: TopicNames) -> dict[str, Any]:
     return {"records": count, "bytes": size, "elapsed_s": round(elapsed, 3), "per_s": round(count / elapsed, 1)}
 
 
+def _rss_mb() -> int:
+    """Resident memory of this process now (Linux), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
 def run_replay(names: TopicNames | None, target_kind: str, batch_size: int, count: int = 0) -> dict[str, Any]:
     """Replay from Kafka (``names``) or, with ``names=None``, from the generator (``count`` events, no Kafka)."""
     with tempfile.TemporaryDirectory(prefix="benchproj-") as tmp:
@@ -142,10 +154,21 @@ def run_replay(names: TopicNames | None, target_kind: str, batch_size: int, coun
                 say(f"  replay {seen:,}/{total:,}")
                 last_report[0] = now
 
+        gc_time = [0.0, 0.0]  # total, start of the current collection
+
+        def gc_watch(phase: str, _info: dict[str, Any]) -> None:
+            if phase == "start":
+                gc_time[1] = time.perf_counter()
+            else:
+                gc_time[0] += time.perf_counter() - gc_time[1]
+
+        gc.callbacks.append(gc_watch)
         started = time.perf_counter()
         try:
             stats = replay(history, store, batch_size=batch_size, progress=progress, source="kafka")
+            rss_mb = _rss_mb()  # the target's cache is still alive
         finally:
+            gc.callbacks.remove(gc_watch)
             if closer is not None:
                 closer()
         elapsed = time.perf_counter() - started
@@ -156,6 +179,9 @@ def run_replay(names: TopicNames | None, target_kind: str, batch_size: int, coun
         "duplicates": history.stats.duplicates if names is not None else None,
         "elapsed_s": round(elapsed, 3),
         "per_s": round(stats.seen / elapsed, 1),
+        "gc_s": round(gc_time[0], 3),
+        "rss_after_mb": rss_mb,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
 
@@ -171,16 +197,8 @@ def main() -> None:
         help="replay the synthetic history straight from the generator (no Kafka): the fold and target alone",
     )
     parser.add_argument("--profile-only", action="store_true", help="only the profiled replay (smallest size)")
-    parser.add_argument(
-        "--no-pause",
-        action="store_true",
-        help="work around the stall: raise consumers.history._HIGH_WATER so no partition is paused for a full buffer",
-    )
+    parser.add_argument("--profile-size", type=int, default=0, help="events of the profiled replay (default: smallest)")
     args = parser.parse_args()
-    if args.no_pause:
-        import consumers.history
-
-        consumers.history._HIGH_WATER = 1 << 40
     for noisy in ("kafka", "kafka.conn", "kafka.coordinator"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -216,7 +234,6 @@ def main() -> None:
                 "n": count,
                 "target": args.target,
                 "batch_size": args.batch_size,
-                "no_pause": args.no_pause,
                 "raw_read": raw1,
                 "replay": rep,
                 "raw_read_after": raw2,
@@ -235,7 +252,7 @@ def main() -> None:
             names = defaults.names
             ensure_topics(admin, defaults.specs())
             created.extend(names.all())
-            count = min(sizes)
+            count = args.profile_size or min(sizes)
             publish(names, count)
             say(f"profiling the replay of {count:,} events (load {load()})")
             profiler = cProfile.Profile()

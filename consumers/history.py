@@ -17,10 +17,17 @@ streaming k-way merge:
   event has a sequence at or below the highest already seen in its partition);
 * the merge holds one head per partition in a heap and yields the smallest;
   a partition whose buffer is empty is fetched before the merge goes on.
-  Partitions are paused only once read to their end: kafka-python 3.0.12
-  can park the records of a paused partition and never fetch it again after
-  the resume, so a skewed history is buffered in memory instead (about
-  600 MB per million events); one consumer per partition would bound it.
+
+Memory is bounded by reading **each partition with its own consumer**
+(``consumer_factory``, what :func:`read_history` uses), polled only when the
+merge needs that partition's next record: a partition holds at most one poll
+of records (``max_poll_records``) in its buffer plus one fetch response
+(``max_partition_fetch_bytes``) inside its consumer, however far the other
+partitions run ahead. Nothing is paused or resumed: kafka-python 3.0.12 can park
+the records of a paused partition and never fetch it again after the resume
+(a replay of a million events stalled that way). Without a factory, the one
+consumer given reads every partition and buffers whatever it receives
+(memory grows with the skew between partitions; fine for small histories and tests).
 
 Anything that would break the order -- a new event (unseen id) whose sequence
 is not above its partition's highest, or two different events with the same
@@ -38,6 +45,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +58,12 @@ from projections.replay import KafkaCoordinates
 
 __all__ = ["HistoryError", "HistoryStats", "KafkaHistory", "history_consumer", "read_history"]
 
-_HIGH_WATER: int | None = None
-"""Records buffered per partition above which the partition is paused (None: never; see the module docstring)."""
+_PARTITION_READER: dict[str, Any] = {
+    "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    "fetch_max_bytes": 4 * 1024 * 1024,
+    "max_poll_records": 2_000,
+}
+"""Settings of the one-partition consumers of :func:`read_history` (what bounds the memory per partition)."""
 
 
 class HistoryError(RuntimeError):
@@ -95,10 +107,22 @@ def history_consumer(bootstrap: str | Sequence[str], **overrides: Any) -> KafkaC
 
 
 class _Partition:
-    __slots__ = ("buffer", "done", "end", "fetched_to", "head", "max_sequence", "next_offset", "tp", "yielded_sequence")
+    __slots__ = (
+        "buffer",
+        "done",
+        "end",
+        "fetched_to",
+        "head",
+        "max_sequence",
+        "next_offset",
+        "reader",
+        "tp",
+        "yielded_sequence",
+    )
 
     def __init__(self, tp: TopicPartition, start: int, end: int, floor: int) -> None:
         self.tp = tp
+        self.reader: Any = None  # the consumer this partition is polled with
         self.end = end
         self.next_offset = start  # first offset not yet consumed (yielded or dropped)
         self.fetched_to = start  # first offset not yet received from the broker
@@ -115,7 +139,9 @@ class KafkaHistory:
     ``topics``: the topics to read (all their partitions); ``start_offsets``:
     where to start per ``(topic, partition)`` (default: the beginning);
     ``after_sequence``: drop events at or below it (a resumed replay);
-    ``progress(records read, total records)`` is called after each fetch.
+    ``progress(records read, total records)`` is called after each fetch;
+    ``consumer_factory``: makes one consumer per partition (memory bounded, see the
+    module docstring); ``consumer`` then only answers metadata and offset queries.
     """
 
     def __init__(
@@ -129,8 +155,10 @@ class KafkaHistory:
         poll_timeout_ms: int = 500,
         stall_timeout_s: float = 60.0,
         close_consumer: bool = True,
+        consumer_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.consumer = consumer
+        self.consumer_factory = consumer_factory
         self.topics = list(topics)
         self.after_sequence = after_sequence
         self.progress = progress
@@ -142,7 +170,6 @@ class KafkaHistory:
         self._seen_ids: set[str] = set()
         self._last_sequence = after_sequence
         self._partitions = self._assign(start_offsets or {})
-        self._paused: set[TopicPartition] = set()
         self._started = False
 
     # ---- setup ---------------------------------------------------------------------
@@ -153,7 +180,8 @@ class KafkaHistory:
             if not partitions:
                 raise HistoryError(f"Kafka topic {topic} does not exist (or has no partitions)")
             tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
-        self.consumer.assign(tps)
+        if self.consumer_factory is None:
+            self.consumer.assign(tps)
         beginnings = self.consumer.beginning_offsets(tps)
         ends = self.consumer.end_offsets(tps)
         states: dict[TopicPartition, _Partition] = {}
@@ -169,9 +197,36 @@ class KafkaHistory:
             state = _Partition(tp, start, end, self.after_sequence)
             states[tp] = state
             self.stats.total_records += max(0, end - start)
-            if not state.done:
+            if not state.done and self.consumer_factory is None:
+                state.reader = self.consumer
                 self.consumer.seek(tp, start)
         return states
+
+    def _reader(self, state: _Partition) -> Any:
+        """The consumer ``state`` is polled with (its own one, made on first use, with a factory)."""
+        if state.reader is None:
+            assert self.consumer_factory is not None
+            reader = self.consumer_factory()
+            try:
+                reader.assign([state.tp])
+                reader.seek(state.tp, state.fetched_to)
+            except BaseException:
+                reader.close(autocommit=False)
+                raise
+            state.reader = reader
+        return state.reader
+
+    def _release(self, state: _Partition) -> None:
+        """Close a partition's own consumer once the partition is read (frees its fetch buffers)."""
+        if self.consumer_factory is not None and state.reader is not None:
+            state.reader.close(autocommit=False)
+            state.reader = None
+
+    def close(self) -> None:
+        """Close every consumer (the per-partition ones and ``consumer``)."""
+        for state in self._partitions.values():
+            self._release(state)
+        self.consumer.close(autocommit=False)
 
     @property
     def total_records(self) -> int:
@@ -198,11 +253,48 @@ class KafkaHistory:
         try:
             yield from self._merge()
         finally:
+            for state in self._partitions.values():
+                self._release(state)
             if self.close_consumer:
                 self.consumer.close(autocommit=False)
 
+    def _start_readers(self) -> None:
+        """Make the per-partition consumers and their first polls in parallel threads.
+
+        A new kafka-python consumer spends 0.1-0.3 s bootstrapping (metadata, connection to the leader,
+        first fetch), mostly waiting on the network; one after the other, for 13 partitions, that was
+        seconds. The threads only touch their own consumer; records are put in the buffers here.
+        """
+        pending = [state for state in self._partitions.values() if not state.done and state.reader is None]
+        if self.consumer_factory is None or not pending:
+            return
+
+        def first_poll(state: _Partition) -> tuple[_Partition, Any]:
+            reader = self._reader(state)
+            reader.partitions_for_topic(state.tp.topic)  # metadata now, not a back-off in the first poll
+            return state, reader.poll(timeout_ms=self.poll_timeout_ms)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(pending)), thread_name_prefix="prm-history") as pool:
+            for _, batches in pool.map(first_poll, pending):
+                self._take(batches)
+
+    def _take(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> int:
+        """Put polled records in their partitions' buffers; returns how many."""
+        got = 0
+        for tp, records in batches.items():
+            state = self._partitions.get(tp)
+            if state is None or state.done or not records:
+                continue
+            state.buffer.extend(records)
+            state.fetched_to = int(records[-1].offset) + 1
+            got += len(records)
+            name = f"{tp.topic}:{tp.partition}"
+            self.stats.per_partition[name] = self.stats.per_partition.get(name, 0) + len(records)
+        return got
+
     def _merge(self) -> Iterator[EventEnvelope]:
         heap: list[tuple[int, str, int, TopicPartition]] = []
+        self._start_readers()
         for tp, state in self._partitions.items():
             self._advance(state)
             if state.head is not None:
@@ -241,15 +333,18 @@ class KafkaHistory:
         while True:
             if not state.buffer:
                 if state.done:
+                    self._release(state)
                     return
                 self._fill(state)
                 if not state.buffer:
+                    self._release(state)
                     return
             record = state.buffer.popleft()
             offset = int(record.offset)
             if offset >= state.end:
                 state.done = True
                 state.buffer.clear()
+                self._release(state)
                 return
             self.stats.records += 1
             try:
@@ -279,56 +374,23 @@ class KafkaHistory:
             return
 
     def _fill(self, wanted: _Partition) -> None:
-        """Fetch until ``wanted`` has buffered records or reaches its end offset."""
+        """Poll ``wanted``'s consumer until ``wanted`` has buffered records or reaches its end offset."""
+        reader = self._reader(wanted)
         deadline = time.monotonic() + self.stall_timeout_s
         while not wanted.buffer and not wanted.done:
-            self._flow_control(wanted)
-            batches = self.consumer.poll(timeout_ms=self.poll_timeout_ms)
-            got = 0
-            for tp, records in batches.items():
-                state = self._partitions.get(tp)
-                if state is None or state.done:
-                    continue
-                state.buffer.extend(records)
-                state.fetched_to = int(records[-1].offset) + 1
-                got += len(records)
-                self.stats.per_partition[f"{tp.topic}:{tp.partition}"] = self.stats.per_partition.get(
-                    f"{tp.topic}:{tp.partition}", 0
-                ) + len(records)
+            got = self._take(reader.poll(timeout_ms=self.poll_timeout_ms))
             if got:
                 deadline = time.monotonic() + self.stall_timeout_s
                 if self.progress is not None:
                     self.progress(self.stats.records + self._buffered(), self.stats.total_records)
             elif not wanted.buffer:
-                if self.consumer.position(wanted.tp) >= wanted.end:
+                if reader.position(wanted.tp) >= wanted.end:
                     wanted.done = True  # e.g. only transaction markers were left
                 elif time.monotonic() > deadline:
                     raise HistoryError(
                         f"no record from {wanted.tp.topic}[{wanted.tp.partition}] for {self.stall_timeout_s:.0f} s"
-                        f" (position {self.consumer.position(wanted.tp)}, end {wanted.end})"
+                        f" (position {reader.position(wanted.tp)}, end {wanted.end})"
                     )
-
-    def _flow_control(self, wanted: _Partition) -> None:
-        """Fetch ``wanted``; pause the partitions whose buffers are full or that are done."""
-        pause, resume = [], []
-        for tp, state in self._partitions.items():
-            full = _HIGH_WATER is not None and len(state.buffer) >= _HIGH_WATER
-            hold = state is not wanted and (state.done or full)
-            if hold and tp not in self._paused:
-                pause.append(tp)
-            elif not hold and tp in self._paused:
-                resume.append(tp)
-        if pause:
-            self.consumer.pause(*pause)
-            self._paused.update(pause)
-        if resume:
-            self.consumer.resume(*resume)
-            self._paused.difference_update(resume)
-            # kafka-python 3.0.12 can keep records fetched for a partition that was then paused and never
-            # hand them out after the resume (the partition stalls). Seeking to the first offset not yet
-            # received drops whatever it parked and fetches again from there.
-            for tp in resume:
-                self.consumer.seek(tp, self._partitions[tp].fetched_to)
 
     def _buffered(self) -> int:
         return sum(len(state.buffer) for state in self._partitions.values())
@@ -343,9 +405,15 @@ def read_history(
     progress: Callable[[int, int], None] | None = None,
     **consumer_overrides: Any,
 ) -> KafkaHistory:
-    """The history on ``<prefix>prm.events.v1`` (all partitions) and ``<prefix>prm.program.v1``."""
+    """The history on ``<prefix>prm.events.v1`` (all partitions) and ``<prefix>prm.program.v1``,
+    each partition read by its own consumer (bounded memory; ``consumer_overrides`` apply to all)."""
     names = TopicNames(prefix)
     consumer = history_consumer(bootstrap, **consumer_overrides)
+    reader_config = {**_PARTITION_READER, **consumer_overrides}
+
+    def one_partition() -> KafkaConsumer:
+        return history_consumer(bootstrap, **reader_config)
+
     try:
         return KafkaHistory(
             consumer,
@@ -353,6 +421,7 @@ def read_history(
             start_offsets=start_offsets,
             after_sequence=after_sequence,
             progress=progress,
+            consumer_factory=one_partition,
         )
     except BaseException:
         consumer.close(autocommit=False)

@@ -53,8 +53,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from fractions import Fraction
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, cast
+
+import orjson
 
 from domain.commission import (
     DEFAULT_PLAN_TERMS,
@@ -130,8 +133,55 @@ _REGISTRATION_CLOSINGS = {"rejected": "rejected", "lost": "lost", "expired": "ex
 # ============================================================================
 
 
+@lru_cache(maxsize=16384)
 def _t(text: str) -> datetime:
+    """``parse_time``, memoised: the same instants (plan versions, tier changes, contract amendments,
+    registration windows, payable dates) are read again for every sale of a partner. ``datetime`` is
+    immutable, so sharing one parsed value is exact."""
     return parse_time(text)
+
+
+@lru_cache(maxsize=4096)
+def _iso(value: datetime) -> str:
+    """``iso``, memoised: one event's recording time is written into each of its lines. ``iso`` and
+    ``month_of`` depend on the instant only (both convert to UTC), and equal ``datetime``s are the same
+    instant, so a cache entry shared by equal values in other zones is still exact."""
+    return iso(value)
+
+
+@lru_cache(maxsize=4096)
+def _month_of(value: datetime) -> str:
+    return month_of(value)
+
+
+_TERMS_CACHE: dict[bytes, PlanTerms | None] = {}
+_TERMS_CACHE_MAX = 512
+
+
+def _plan_terms(raw: Any) -> PlanTerms | None:
+    """``PlanTerms.from_dict(raw)`` (``None`` if invalid), parsed and validated once per distinct content.
+
+    ``from_dict`` is a pure function of the terms' JSON value and ``PlanTerms`` is frozen with
+    read-only mappings, so the cache is keyed by the canonical JSON of the terms (sorted keys): two
+    versions with the same content share one parsed value, and a new plan version -- different
+    content -- is parsed on first use. No invalidation is needed because nothing is keyed by plan id
+    or version number, only by content.
+    """
+    try:
+        key: bytes | None = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON (e.g. non-string keys): parse without caching
+        key = None
+    if key is not None and key in _TERMS_CACHE:
+        return _TERMS_CACHE[key]
+    try:
+        terms: PlanTerms | None = PlanTerms.from_dict(raw)
+    except ValueError:
+        terms = None
+    if key is not None:
+        if len(_TERMS_CACHE) >= _TERMS_CACHE_MAX:
+            _TERMS_CACHE.clear()
+        _TERMS_CACHE[key] = terms
+    return terms
 
 
 def _key(*parts: str) -> str:
@@ -210,7 +260,7 @@ def _base_rate_source(terms: PlanTerms | None, tier: str, category: str | None) 
 
 
 def _source(event: EventEnvelope) -> dict[str, Any]:
-    return {"event_id": event.id, "type": event.type, "sequence": event.sequence, "recorded_at": iso(event.time)}
+    return {"event_id": event.id, "type": event.type, "sequence": event.sequence, "recorded_at": _iso(event.time)}
 
 
 def _new_line(
@@ -239,8 +289,8 @@ def _new_line(
         "sale_id": sale_id,
         "sale_line": sale_line,
         "occurred_at": occurred_at,
-        "booked_at": iso(booked_at),
-        "booked_month": month_of(booked_at),
+        "booked_at": _iso(booked_at),
+        "booked_month": _month_of(booked_at),
         "sequence": sequence,
         "source_event_ids": [s["event_id"] for s in sources],
         "source_sequences": [s["sequence"] for s in sources],
@@ -292,12 +342,27 @@ def _terminated_at(partner: Doc, at: datetime) -> bool:
 
 def _contract_in_force(contract: Doc, day: date) -> bool:
     """The domain's own rule (``Contract.in_force_on``) applied to the contract's recorded state."""
+    return _in_force(
+        contract["starts_on"],
+        contract["ends_on"],
+        contract["auto_renew"],
+        contract["status"],
+        contract["terminated_on"],
+        day,
+    )
+
+
+@lru_cache(maxsize=65536)
+def _in_force(
+    starts_on: str, ends_on: str, auto_renew: bool, status: str, terminated_on: str | None, day: date
+) -> bool:
+    """Memoised on the recorded state (strings, a bool, a date: all immutable and hashable)."""
     state = SimpleNamespace(
-        starts_on=date.fromisoformat(contract["starts_on"]),
-        ends_on=date.fromisoformat(contract["ends_on"]),
-        auto_renew=contract["auto_renew"],
-        status=contract["status"],
-        terminated_on=date.fromisoformat(contract["terminated_on"]) if contract["terminated_on"] else None,
+        starts_on=date.fromisoformat(starts_on),
+        ends_on=date.fromisoformat(ends_on),
+        auto_renew=auto_renew,
+        status=status,
+        terminated_on=date.fromisoformat(terminated_on) if terminated_on else None,
     )
     return Contract.in_force_on(cast(Contract, state), day)
 
@@ -414,9 +479,8 @@ def recalculate(partner: Doc, sales: Mapping[str, Doc], plan: Doc | None, reques
             if version is None:
                 continue
             result.checked += 1
-            try:
-                terms = PlanTerms.from_dict(version["terms"])
-            except ValueError:
+            terms = _plan_terms(version["terms"])
+            if terms is None:
                 continue
             accrual = accrue_line(
                 amount_minor=line["amount_minor"],
@@ -761,12 +825,7 @@ class CommissionLedger:
         plan_id, contract_info = _resolve_plan(partner, occurred)
         plan = view.get(PLAN, plan_id) if plan_id is not None else None
         version = select_plan_version(plan, occurred, event.sequence)
-        terms: PlanTerms | None = None
-        if version is not None:
-            try:
-                terms = PlanTerms.from_dict(version["terms"])
-            except ValueError:
-                terms = None
+        terms = _plan_terms(version["terms"]) if version is not None else None
         registration_id = data.get("registration_id")
         registration = (
             view.get(REGISTRATION, _key(partner_id, registration_id)) if registration_id is not None else None
@@ -795,6 +854,7 @@ class CommissionLedger:
         source = _source(event)
         hold_days = terms.hold_days if terms is not None else 0
         payable_at = iso(hold_ends_at(occurred, hold_days))
+        occurred_iso = iso(occurred)
         sale_lines: list[Doc] = []
         for n, raw in enumerate(data["lines"], start=1):
             amount = int(raw["quantity"]) * int(raw["unit_price_minor"])
@@ -868,7 +928,7 @@ class CommissionLedger:
                     partner_id=partner_id,
                     currency=currency,
                     amount=accrual.commission_minor,
-                    occurred_at=iso(occurred),
+                    occurred_at=occurred_iso,
                     booked_at=event.time,
                     sequence=event.sequence,
                     sources=[source],
@@ -907,7 +967,7 @@ class CommissionLedger:
                 "partner_id": partner_id,
                 "currency": currency,
                 "total_minor": sum(line["amount_minor"] for line in sale_lines),
-                "occurred_at": iso(occurred),
+                "occurred_at": occurred_iso,
                 "sequence": event.sequence,
                 "event_id": event.id,
                 "registration_id": registration_id,

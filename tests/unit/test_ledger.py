@@ -691,3 +691,23 @@ class TestReplay:
         run_projections(store, [CommissionLedger()], events, source="kafka:prm.events.v1:0", batch_size=7)
         assert store.dump("ledger") == once
         assert world.ledger(batch_size=1) == once
+
+
+def test_plan_terms_are_parsed_once_per_content_and_a_new_version_is_parsed_on_first_use() -> None:
+    from domain.commission import PlanTerms
+    from projections.ledger import _plan_terms
+
+    base = {"tier_rates_bps": {"registered": 500, "silver": 800, "gold": 1000, "platinum": 1200}, "hold_days": 30}
+    first = _plan_terms(base)
+    assert first == PlanTerms.from_dict(base)
+    # the same content (another dict, keys in another order) shares the parsed value
+    assert _plan_terms(dict(reversed(list(base.items())))) is first
+    # a new version with other terms is parsed on its own, never confused with the first
+    uplift = {**base, "tier_rates_bps": {**base["tier_rates_bps"], "gold": 1100}}
+    second = _plan_terms(uplift)
+    assert second is not None and second != first and second.tier_rates_bps["gold"] == 1100
+    # JSON distinguishes what validation distinguishes: 30.0 is not an integer number of days
+    assert _plan_terms({**base, "hold_days": 30.0}) is None
+    # invalid terms give None every time; terms JSON cannot carry are parsed without the cache
+    assert _plan_terms({"tier_rates_bps": {"registered": -1}}) is None
+    assert _plan_terms({"tier_rates_bps": {1: 500}}) is None

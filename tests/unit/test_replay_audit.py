@@ -35,8 +35,10 @@ from projections.ledger_queries import balances, payable_minor, statement
 from projections.memory import InMemoryProjectionStore
 from projections.port import Doc, DocKey
 from projections.replay import (
+    CachedStore,
     KafkaCoordinates,
     ReplayMismatch,
+    SqliteProjectionStore,
     coordinates_of,
     open_target,
     replay,
@@ -201,6 +203,24 @@ def test_file_targets_give_the_same_ledger_and_resume_across_processes(
     assert report.identical, report.summary()
     assert meta is not None and meta["complete"] and meta["last_sequence"] == history.events[-1].sequence
     assert meta["last_recorded_at"] is not None
+
+
+def test_the_cached_sqlite_target_keeps_exactly_what_the_file_holds(history: History, tmp_path: Path) -> None:
+    """The cache keeps the committed documents themselves (no copy): nothing may change one after its commit."""
+    path = tmp_path / "cached.sqlite"
+    target = open_target(str(path))
+    assert isinstance(target.store, CachedStore)
+    replay(history.events, target.store, batch_size=97, source="store")
+    cached = target.dump()
+    # what a reader of the cache sees cannot change the cache either
+    for doc in target.store.load_kind("ledger", LINE).values():
+        copy.deepcopy(doc).clear()
+    target.close()
+    on_disk = SqliteProjectionStore(path)
+    try:
+        assert on_disk.dump("ledger") == cached == history.live
+    finally:
+        on_disk.close()
 
 
 def test_a_target_name_is_a_postgres_schema_or_a_local_sqlite_file(tmp_path: Path) -> None:
@@ -617,7 +637,10 @@ def republish_suffixes(logs: dict[tuple[str, int], list[bytes]], every: int, bac
 
 
 def kafka_history(logs: dict[tuple[str, int], list[bytes]], **kwargs: Any) -> KafkaHistory:
-    return KafkaHistory(FakeConsumer(logs), ["prm.events.v1", "prm.program.v1"], **kwargs)
+    """A history read like ``read_history`` reads it: one consumer per partition."""
+    return KafkaHistory(
+        FakeConsumer(logs), ["prm.events.v1", "prm.program.v1"], consumer_factory=lambda: FakeConsumer(logs), **kwargs
+    )
 
 
 def test_the_kafka_history_is_merged_in_sequence_order_without_duplicates(history: History) -> None:
@@ -699,21 +722,34 @@ def test_a_truncated_partition_is_refused(history: History) -> None:
         KafkaHistory(FakeConsumer(logs), ["prm.events.v1", "other.prm.program.v1"])
 
 
-def test_memory_stays_bounded_when_one_partition_runs_ahead(history: History, monkeypatch: pytest.MonkeyPatch) -> None:
-    import consumers.history
-
-    monkeypatch.setattr(consumers.history, "_HIGH_WATER", 50)
+def test_memory_stays_bounded_when_one_partition_runs_ahead(history: History) -> None:
     logs = publish_like_the_relay(history.events)
-    consumer = FakeConsumer(logs, per_poll=40)
-    reader = KafkaHistory(consumer, ["prm.events.v1", "prm.program.v1"])
-    largest = paused = 0
+    # the merge waits on one partition while others hold many polls' worth of records in Kafka
+    readers: list[FakeConsumer] = []
+
+    def one_partition() -> FakeConsumer:
+        readers.append(FakeConsumer(logs, per_poll=40))
+        return readers[-1]
+
+    reader = KafkaHistory(FakeConsumer(logs), ["prm.events.v1", "prm.program.v1"], consumer_factory=one_partition)
+    largest = 0
     merged = []
     for event in reader:
         merged.append(event.sequence)
         largest = max(largest, *(len(state.buffer) for state in reader._partitions.values()))
-        paused = max(paused, len(consumer.paused))
     assert merged == [e.sequence for e in history.events]
-    assert paused > 0 and largest < 50 + 40
+    # never more than one poll per partition, nothing paused, every per-partition consumer closed
+    assert largest <= 40
+    assert len(readers) == len([log for log in logs.values() if log])
+    assert all(len(r.positions) == 1 and not r.paused and r.closed for r in readers)
+
+
+def test_one_consumer_for_every_partition_still_reads_the_whole_history(history: History) -> None:
+    logs = publish_like_the_relay(history.events)
+    consumer = FakeConsumer(logs, per_poll=40)
+    merged = [event.sequence for event in KafkaHistory(consumer, ["prm.events.v1", "prm.program.v1"])]
+    assert merged == [e.sequence for e in history.events]
+    assert not consumer.paused and consumer.closed
 
 
 # ============================================================================
