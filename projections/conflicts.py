@@ -15,7 +15,13 @@ Document kinds of the ``conflicts`` projection:
 
 - ``account`` / ``registration:R-1``, ``opportunity:O-1``, ``sale:S-1``: the parties;
 - ``index`` / ``domain:<host>``, ``tax:<id>``: the parties holding that domain or tax key;
-- ``index`` / ``names:registration:<CC>``, ``names:deal:<CC>``: normalised names by party, per country;
+- ``index`` / ``name-lengths:<side>:<CC>`` (side ``registration`` or ``deal``): the lengths of the names
+  of that side in that country, and ``names:<side>:<CC>:<n>``: those names of length ``n`` by party, each
+  name normalised with its words sorted (what ``token_sort_ratio`` compares). A name can only reach a
+  similarity of ``2 min(n, m) / (n + m)`` with a name of length ``m``, so a search reads only the lengths that
+  can reach the threshold, and a new party rewrites one small document instead of the country's whole list.
+  (Before this layout, one ``names:<side>:<CC>`` document held every name of the country: a conflicts read
+  model written by an older version must be rebuilt.)
 - ``conflict`` / conflict id: the conflicts;
 - ``decision`` / conflict id: resolutions and dismissals recorded for that id;
 - ``settings`` / ``name_similarity``: the name-similarity threshold by sequence.
@@ -23,6 +29,7 @@ Document kinds of the ``conflicts`` projection:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,7 +49,7 @@ from domain.matching import (
 from domain.program import DEFAULT_SETTINGS
 from domain.registration import APPROVED, SUBMITTED, WON
 from projections.envelope import EventEnvelope, iso, parse_time
-from projections.port import Doc, ReadView
+from projections.port import Doc, DocKey, ReadView
 
 NAME = "conflicts"
 ACCOUNT = "account"
@@ -75,6 +82,7 @@ _HANDLED = frozenset(
     | {"prm.sale.recorded.v1", "prm.opportunity.opened.v1", "prm.program.settings_changed.v1"}
 )
 _PROTECTING = (APPROVED, WON)
+_PARTY_OF = {REGISTRATION: REGISTRATION, OPPORTUNITY: OPPORTUNITY, SALE: SALE}
 # Pre-filter names a hair below the threshold, then let ``match_accounts`` decide exactly.
 _NAME_PREFILTER_SLACK = 1e-6
 
@@ -83,9 +91,50 @@ def party_ref(party_type: str, party_id: str) -> str:
     return f"{party_type}:{party_id}"
 
 
-def names_key(side: str, country: str) -> str:
-    """Index key of the normalised names of one side (``registration`` or ``deal``) in one country."""
-    return f"names:{side}:{country}"
+def lengths_key(side: str, country: str) -> str:
+    """Index key of the name lengths present on one side (``registration`` or ``deal``) in one country."""
+    return f"name-lengths:{side}:{country}"
+
+
+def names_key(side: str, country: str, length: int) -> str:
+    """Index key of the sorted names of ``length`` characters of one side in one country."""
+    return f"names:{side}:{country}:{length}"
+
+
+def sorted_name(name: str) -> str:
+    """A normalised name with its words sorted: ``fuzz.ratio`` of two of these is their ``token_sort_ratio``.
+
+    Normalised names are words of letters and digits joined by single spaces
+    (``domain.matching.normalise_name``), so splitting on a space is exactly
+    rapidfuzz's whitespace split.
+    """
+    return " ".join(sorted(name.split(" ")))
+
+
+def may_reach(length: int, other: int, cutoff: float) -> bool:
+    """Whether names of ``length`` and ``other`` characters can score ``cutoff`` (0..100) or more.
+
+    The Indel distance of two strings is at least the difference of their
+    lengths, so the ratio is at most ``200 min / (length + other)``; one point
+    of slack keeps float rounding on the safe side (a wider search, never a narrower one).
+    """
+    return 200 * min(length, other) + (length + other) >= cutoff * (length + other)
+
+
+def _reachable(lengths: list[int], length: int, cutoff: float) -> list[int]:
+    """The ``lengths`` (sorted) that :func:`may_reach` ``length`` at ``cutoff``: a contiguous run around it."""
+    start = bisect_left(lengths, True, key=lambda m: m >= length or may_reach(length, m, cutoff))
+    end = bisect_left(lengths, True, key=lambda m: m > length and not may_reach(length, m, cutoff))
+    return lengths[start:end]
+
+
+def _sides(party_type: str) -> list[str]:
+    """The name-index sides a party is compared with: a registration with both, a deal with registrations."""
+    return [REGISTRATION, "deal"] if party_type == REGISTRATION else [REGISTRATION]
+
+
+def _side(party_type: str) -> str:
+    return REGISTRATION if party_type == REGISTRATION else "deal"
 
 
 @dataclass(frozen=True)
@@ -260,6 +309,37 @@ class ChannelConflicts:
     def handles(self, event: EventEnvelope) -> bool:
         return event.type in _HANDLED
 
+    def prefetch_keys(self, event: EventEnvelope) -> list[DocKey]:
+        """The documents ``apply`` reads first for ``event`` (see ``projections.port.Prefetching``).
+
+        Not named: the accounts, conflicts and decisions of the candidates found
+        (they depend on the index), and name lengths outside the range the default
+        threshold can reach (read when a lower threshold is in force).
+        """
+        kind, name, data = event.kind, event.name, event.data
+        wanted: list[DocKey] = [(SETTINGS, THRESHOLD_KEY)]
+        if kind == REGISTRATION and name != "submitted":
+            wanted.append((ACCOUNT, party_ref(REGISTRATION, event.subject)))
+            if name in _DECISIONS and "conflict_id" in data:
+                wanted.append((DECISION, data["conflict_id"]))
+            return wanted
+        party = _PARTY_OF.get(kind)
+        if party is None:
+            return wanted
+        wanted.append((ACCOUNT, party_ref(party, data[f"{party}_id"])))
+        keys = _keys(Customer.from_dict(data["customer"]))
+        wanted.extend((INDEX, k) for k in _exact_keys(keys))
+        if keys["name"] and keys["country"]:
+            length = len(sorted_name(keys["name"]))
+            cutoff = DEFAULT_SETTINGS.name_similarity_threshold_bp / 100 - _NAME_PREFILTER_SLACK
+            reach = [m for m in range(1, 2 * length + 2) if may_reach(length, m, cutoff)]
+            wanted.append((INDEX, names_key(_side(party), keys["country"], length)))
+            for side in {_side(party), *_sides(party)}:
+                wanted.append((INDEX, lengths_key(side, keys["country"])))
+            for side in _sides(party):
+                wanted.extend((INDEX, names_key(side, keys["country"], m)) for m in reach)
+        return wanted
+
     def apply(self, event: EventEnvelope, view: ReadView) -> None:
         kind, name, data = event.kind, event.name, event.data
         if kind == REGISTRATION and name == "submitted":
@@ -307,10 +387,14 @@ class ChannelConflicts:
             entry["parties"] = sorted({*entry["parties"], ref})
             view.put(INDEX, index_key, entry)
         if keys["name"] and keys["country"]:
-            side = REGISTRATION if party_type == REGISTRATION else "deal"
-            names = view.get(INDEX, names_key(side, keys["country"])) or {"names": {}}
-            names["names"][ref] = keys["name"]
-            view.put(INDEX, names_key(side, keys["country"]), names)
+            side, name = _side(party_type), sorted_name(keys["name"])
+            directory = view.get(INDEX, lengths_key(side, keys["country"])) or {"lengths": []}
+            if len(name) not in directory["lengths"]:
+                directory["lengths"] = sorted([*directory["lengths"], len(name)])
+                view.put(INDEX, lengths_key(side, keys["country"]), directory)
+            bucket = view.get(INDEX, names_key(side, keys["country"], len(name))) or {"names": {}}
+            bucket["names"][ref] = name
+            view.put(INDEX, names_key(side, keys["country"], len(name)), bucket)
         self._reconcile(view, account)
 
     def _update_registration(self, view: ReadView, event: EventEnvelope) -> None:
@@ -389,17 +473,17 @@ class ChannelConflicts:
         for index_key in _exact_keys(keys):
             refs.update((view.get(INDEX, index_key) or {"parties": []})["parties"])
         if keys["name"] and keys["country"]:
-            sides = [REGISTRATION, "deal"] if account["type"] == REGISTRATION else [REGISTRATION]
-            for side in sides:
-                names = (view.get(INDEX, names_key(side, keys["country"])) or {"names": {}})["names"]
-                hits = process.extract(
-                    keys["name"],
-                    names,
-                    scorer=fuzz.token_sort_ratio,
-                    score_cutoff=lowest_threshold * 100 - _NAME_PREFILTER_SLACK,
-                    limit=None,
-                )
-                refs.update(ref for _, _, ref in hits)
+            name = sorted_name(keys["name"])
+            cutoff = lowest_threshold * 100 - _NAME_PREFILTER_SLACK
+            for side in _sides(account["type"]):
+                directory = view.get(INDEX, lengths_key(side, keys["country"]))
+                for length in _reachable(directory["lengths"] if directory is not None else [], len(name), cutoff):
+                    bucket = view.get(INDEX, names_key(side, keys["country"], length))
+                    if bucket is None:
+                        continue
+                    # fuzz.ratio on sorted names is token_sort_ratio, without re-sorting every stored name.
+                    hits = process.extract(name, bucket["names"], scorer=fuzz.ratio, score_cutoff=cutoff, limit=None)
+                    refs.update(ref for _, _, ref in hits)
         refs.discard(account["ref"])
         if account["type"] != REGISTRATION:
             refs = {ref for ref in refs if ref.startswith(REGISTRATION + ":")}

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from projections.envelope import EventEnvelope, parse_time
-from projections.port import Doc, ReadView
+from projections.port import Doc, DocKey, ReadView
 
 PARTNER = "partner"
 PARTNER_MONTH = "partner_month"
@@ -142,6 +142,21 @@ class Dashboards:
 
     def handles(self, event: EventEnvelope) -> bool:
         return event.type in _HANDLED
+
+    def prefetch_keys(self, event: EventEnvelope) -> list[DocKey]:
+        """The documents ``apply`` reads for ``event`` (see ``projections.port.Prefetching``)."""
+        kind = event.kind
+        if kind == "partner":
+            return [(PARTNER, event.subject)]
+        if kind == "registration":
+            return [(REGISTRATION, event.subject)]
+        if kind == "sale":
+            occurred = parse_time(event.data["occurred_at"])
+            month = f"{occurred.year:04d}-{occurred.month:02d}"
+            if not event.partner_id:
+                return [(DIRECT, month)]
+            return [(PARTNER_MONTH, month_key(event.partner_id, month)), (PARTNER, event.partner_id)]
+        return []
 
     def apply(self, event: EventEnvelope, view: ReadView) -> None:
         kind = event.kind

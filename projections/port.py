@@ -15,7 +15,7 @@ sequence only grows, except for re-published duplicates, which are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +47,22 @@ class Projection(Protocol):
     def handles(self, event: EventEnvelope) -> bool: ...
 
     def apply(self, event: EventEnvelope, view: ReadView) -> None: ...
+
+
+class Prefetching(Protocol):
+    """Optional for a projection: the documents it will read for an event, so a batch reads them at once.
+
+    A hint only: a key it names that the reducer does not read costs a row in
+    the batch's read; a key it omits is read on its own when the reducer asks.
+    """
+
+    def prefetch_keys(self, event: EventEnvelope) -> Iterable[DocKey]: ...
+
+
+def prefetcher(projection: Projection) -> Callable[[EventEnvelope], Iterable[DocKey]] | None:
+    """The projection's ``prefetch_keys`` if it has one."""
+    hint: Callable[[EventEnvelope], Iterable[DocKey]] | None = getattr(projection, "prefetch_keys", None)
+    return hint
 
 
 @dataclass(frozen=True)

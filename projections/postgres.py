@@ -1,4 +1,9 @@
-"""PostgreSQL projection store: documents as JSONB rows, checkpoints in the same transaction."""
+"""PostgreSQL projection store: documents as JSONB rows, checkpoints in the same transaction.
+
+The connection is in autocommit mode: each read is a single statement (no
+BEGIN/COMMIT around it), and ``commit`` writes a whole batch in one explicit
+transaction with one statement per table.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import set_json_loads
 
 from projections.port import Checkpoint, Doc, DocKey
 
@@ -32,10 +37,6 @@ CREATE TABLE IF NOT EXISTS {checkpoints} (
 """
 
 
-def _dumps(doc: Doc) -> Any:
-    return Jsonb(doc, dumps=lambda obj: orjson.dumps(obj).decode())
-
-
 class PostgresProjectionStore:
     """Read models in ``<schema>.rm_docs`` and ``<schema>.rm_checkpoints``."""
 
@@ -49,7 +50,9 @@ class PostgresProjectionStore:
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.conninfo, autocommit=False)
+            # Autocommit: a read is one statement and one round trip; writes use explicit transactions.
+            self._conn = psycopg.connect(self.conninfo, autocommit=True)
+            set_json_loads(orjson.loads, self._conn)
         return self._conn
 
     def create_tables(self) -> None:
@@ -66,32 +69,34 @@ class PostgresProjectionStore:
         wanted = list(keys)
         if not wanted:
             return {}
-        kinds = [k for k, _ in wanted]
-        names = [n for _, n in wanted]
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                sql.SQL(
-                    "SELECT kind, key, doc FROM {} WHERE projection = %s AND (kind, key) IN "
-                    "(SELECT * FROM unnest(%s::text[], %s::text[]))"
-                ).format(self.docs),
-                (projection, kinds, names),
-            ).fetchall()
+        if len(wanted) == 1:
+            ((kind, key),) = wanted
+            row = self.conn.execute(
+                sql.SQL("SELECT doc FROM {} WHERE projection = %s AND kind = %s AND key = %s").format(self.docs),
+                (projection, kind, key),
+            ).fetchone()
+            return {(kind, key): row[0]} if row is not None else {}
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT d.kind, d.key, d.doc FROM unnest(%s::text[], %s::text[]) AS w(kind, key) "
+                "JOIN {} AS d ON d.projection = %s AND d.kind = w.kind AND d.key = w.key"
+            ).format(self.docs),
+            ([k for k, _ in wanted], [n for _, n in wanted], projection),
+        ).fetchall()
         return {(kind, key): doc for kind, key, doc in rows}
 
     def load_kind(self, projection: str, kind: str) -> dict[str, Doc]:
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                sql.SQL("SELECT key, doc FROM {} WHERE projection = %s AND kind = %s").format(self.docs),
-                (projection, kind),
-            ).fetchall()
+        rows = self.conn.execute(
+            sql.SQL("SELECT key, doc FROM {} WHERE projection = %s AND kind = %s").format(self.docs),
+            (projection, kind),
+        ).fetchall()
         return dict(rows)
 
     def checkpoints(self, projection: str) -> dict[str, Checkpoint]:
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                sql.SQL('SELECT source, sequence, "offset" FROM {} WHERE projection = %s').format(self.marks),
-                (projection,),
-            ).fetchall()
+        rows = self.conn.execute(
+            sql.SQL('SELECT source, sequence, "offset" FROM {} WHERE projection = %s').format(self.marks),
+            (projection,),
+        ).fetchall()
         return {source: Checkpoint(source, sequence, offset) for source, sequence, offset in rows}
 
     def commit(
@@ -103,29 +108,38 @@ class PostgresProjectionStore:
     ) -> None:
         deleted = list(deletes)
         marks = list(checkpoints)
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        with self.conn.transaction():
             if upserts:
-                cur.executemany(
+                # One statement and one parameter for the whole batch: a JSON array of [kind, key, doc],
+                # serialised by orjson (psycopg's text[] literal quoting of documents costs far more).
+                # The keys of a mapping are distinct, as ON CONFLICT needs.
+                rows = orjson.dumps([[kind, key, doc] for (kind, key), doc in upserts.items()]).decode()
+                self.conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (projection, kind, key, doc) VALUES (%s, %s, %s, %s) "
+                        "INSERT INTO {} (projection, kind, key, doc) "
+                        "SELECT %s, e->>0, e->>1, e->2 FROM jsonb_array_elements(%s::jsonb) AS e "
                         "ON CONFLICT (projection, kind, key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()"
                     ).format(self.docs),
-                    [(projection, kind, key, _dumps(doc)) for (kind, key), doc in upserts.items()],
+                    (projection, rows),
                 )
             if deleted:
-                cur.executemany(
-                    sql.SQL("DELETE FROM {} WHERE projection = %s AND kind = %s AND key = %s").format(self.docs),
-                    [(projection, kind, key) for kind, key in deleted],
+                self.conn.execute(
+                    sql.SQL(
+                        "DELETE FROM {} AS d USING unnest(%s::text[], %s::text[]) AS u(kind, key) "
+                        "WHERE d.projection = %s AND d.kind = u.kind AND d.key = u.key"
+                    ).format(self.docs),
+                    ([kind for kind, _ in deleted], [key for _, key in deleted], projection),
                 )
             if marks:
-                cur.executemany(
-                    sql.SQL(
-                        'INSERT INTO {} (projection, source, sequence, "offset") VALUES (%s, %s, %s, %s) '
-                        "ON CONFLICT (projection, source) DO UPDATE SET sequence = EXCLUDED.sequence, "
-                        '"offset" = EXCLUDED."offset", updated_at = now()'
-                    ).format(self.marks),
-                    [(projection, m.source, m.sequence, m.offset) for m in marks],
-                )
+                with self.conn.cursor() as cur:
+                    cur.executemany(
+                        sql.SQL(
+                            'INSERT INTO {} (projection, source, sequence, "offset") VALUES (%s, %s, %s, %s) '
+                            "ON CONFLICT (projection, source) DO UPDATE SET sequence = EXCLUDED.sequence, "
+                            '"offset" = EXCLUDED."offset", updated_at = now()'
+                        ).format(self.marks),
+                        [(projection, m.source, m.sequence, m.offset) for m in marks],
+                    )
 
     def reset(self, projection: str) -> None:
         with self.conn.transaction():
@@ -133,8 +147,7 @@ class PostgresProjectionStore:
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(self.marks), (projection,))
 
     def dump(self, projection: str) -> dict[DocKey, Doc]:
-        with self.conn.transaction():
-            rows = self.conn.execute(
-                sql.SQL("SELECT kind, key, doc FROM {} WHERE projection = %s").format(self.docs), (projection,)
-            ).fetchall()
+        rows = self.conn.execute(
+            sql.SQL("SELECT kind, key, doc FROM {} WHERE projection = %s").format(self.docs), (projection,)
+        ).fetchall()
         return {(kind, key): doc for kind, key, doc in rows}

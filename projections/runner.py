@@ -28,30 +28,50 @@ def run_projections(
     source: str = STORE_SOURCE,
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
+    exclusive: bool = False,
+    rebuild: bool = False,
 ) -> RunStats:
-    """Apply ``events`` (in store order) to each projection; commit every ``batch_size`` events."""
-    units = {p.name: UnitOfWork(store, p.name) for p in projections}
+    """Apply ``events`` (in store order) to each projection; commit every ``batch_size`` events.
+
+    Each batch is read ahead (one ``store.load`` per projection for the keys its
+    ``prefetch_keys`` names), then applied projection by projection (they share
+    no documents), then committed with the checkpoints. ``exclusive``: nobody
+    else writes these projections in ``store`` meanwhile, so documents stay
+    cached across batches. ``rebuild``: forget every document and checkpoint of
+    these projections first (``store.reset``), then fold from scratch, exclusively,
+    without reading the store at all.
+    """
+    batch_size = max(1, batch_size)
+    if rebuild:
+        for projection in projections:
+            store.reset(projection.name)
+    units = {p.name: UnitOfWork(store, p.name, exclusive=exclusive, complete=rebuild) for p in projections}
     stats = RunStats()
-    pending = 0
+    batch: list[EventEnvelope] = []
+
+    def flush() -> None:
+        applied = [False] * len(batch)
+        for projection in projections:
+            unit = units[projection.name]
+            unit.prefetch_events(projection, batch, source)
+            for i, event in enumerate(batch):
+                if unit.apply(projection, event, source):
+                    applied[i] = True
+        for unit in units.values():
+            unit.commit()
+        stats.applied += sum(applied)
+        stats.skipped += len(batch) - sum(applied)
+        batch.clear()
+
     for event in events:
         stats.seen += 1
-        applied = False
-        for projection in projections:
-            applied = units[projection.name].apply(projection, event, source) or applied
-        if applied:
-            stats.applied += 1
-        else:
-            stats.skipped += 1
         stats.last_sequence = max(stats.last_sequence, event.sequence)
-        pending += 1
-        if pending >= batch_size:
-            for unit in units.values():
-                unit.commit()
-            pending = 0
+        batch.append(event)
+        if len(batch) >= batch_size:
+            flush()
             if progress is not None:
                 progress(stats.seen)
-    for unit in units.values():
-        unit.commit()
+    flush()
     if progress is not None:
         progress(stats.seen)
     return stats

@@ -1,23 +1,77 @@
-"""A batch of events applied to one projection, committed once with its checkpoints."""
+"""A batch of events applied to one projection, committed once with its checkpoints.
+
+Reads and copies
+----------------
+Documents the store returns are kept in a cache and treated as read-only
+snapshots: a reducer is handed a *copy*, made once per document and batch (the
+first ``get`` of a key in a batch), so a reducer may change what it got and
+``put`` it back. Later ``get``s of the same key in the same batch return that
+same copy (or what was ``put``). Reducers therefore never change a document they
+got without putting it back in the same event. The copy is a JSON round trip
+(documents are JSON by contract, and that is what a database gives back), with
+``copy.deepcopy`` as the fallback for a value JSON cannot carry.
+
+A batch's keys can be read up front with one ``store.load`` (:meth:`UnitOfWork.prefetch`,
+fed by a projection's optional ``prefetch_keys(event)``); a key no hint named is
+still read on its own when first needed.
+
+Modes
+-----
+* default: other processes may write the same store (Kafka workers of other
+  partitions), so the cache is dropped at every commit and each batch reads afresh;
+* ``exclusive=True``: nobody else writes this projection in this store while the
+  unit lives (a rebuild, a replay, the embedded projector): what was read or
+  committed stays cached across batches;
+* ``complete=True`` (implies ``exclusive``): in addition, the store held no
+  document of this projection when the unit was created (a rebuild after
+  ``reset``), so a key that is not cached does not exist and nothing is ever read.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+
+import orjson
 
 from projections.envelope import EventEnvelope
-from projections.port import Checkpoint, Doc, DocKey, Projection, ProjectionStore
+from projections.port import Checkpoint, Doc, DocKey, Projection, ProjectionStore, prefetcher
 
 _DELETED: Doc = {}
+
+
+def copy_doc(doc: Doc) -> Doc:
+    """A deep copy of a JSON document (a JSON round trip; ``copy.deepcopy`` for what JSON cannot carry).
+
+    A store's own document type (a ``dict`` subclass, such as the replay cache's,
+    which keeps the bytes it was parsed from) is copied by its ``__deepcopy__``.
+    """
+    if type(doc) is not dict:
+        return copy.deepcopy(doc)
+    try:
+        copied: Doc = orjson.loads(orjson.dumps(doc))
+    except TypeError:  # orjson.JSONEncodeError: a tuple key, an int above 64 bits, a non-JSON value
+        return copy.deepcopy(doc)
+    return copied
 
 
 class UnitOfWork:
     """Implements ``ReadView`` over a store with an overlay of uncommitted changes."""
 
-    def __init__(self, store: ProjectionStore, projection: str) -> None:
+    def __init__(
+        self,
+        store: ProjectionStore,
+        projection: str,
+        *,
+        exclusive: bool = False,
+        complete: bool = False,
+    ) -> None:
         self.store = store
         self.projection = projection
+        self.exclusive = exclusive or complete
+        self.complete = complete
         self._overlay: dict[DocKey, Doc] = {}
+        self._working: dict[DocKey, Doc] = {}
         self._cache: dict[DocKey, Doc | None] = {}
         self._kinds_loaded: set[str] = set()
         self._checkpoints = dict(store.checkpoints(projection))
@@ -26,19 +80,25 @@ class UnitOfWork:
     # ---- ReadView -------------------------------------------------------
     def get(self, kind: str, key: str) -> Doc | None:
         item = (kind, key)
-        if item in self._overlay:
-            doc = self._overlay[item]
+        doc = self._overlay.get(item)
+        if doc is not None:
             return None if doc is _DELETED else doc
-        if item not in self._cache:
-            if kind in self._kinds_loaded:
-                self._cache[item] = None
-            else:
-                self._cache[item] = self.store.load(self.projection, [item]).get(item)
-        cached = self._cache[item]
-        return copy.deepcopy(cached) if cached is not None else None
+        doc = self._working.get(item)
+        if doc is not None:
+            return doc
+        if item in self._cache:
+            cached = self._cache[item]
+        elif self.complete or kind in self._kinds_loaded:
+            cached = self._cache[item] = None
+        else:
+            cached = self._cache[item] = self.store.load(self.projection, [item]).get(item)
+        if cached is None:
+            return None
+        doc = self._working[item] = copy_doc(cached)
+        return doc
 
     def scan(self, kind: str) -> Iterator[tuple[str, Doc]]:
-        if kind not in self._kinds_loaded:
+        if kind not in self._kinds_loaded and not self.complete:
             for key, doc in self.store.load_kind(self.projection, kind).items():
                 self._cache.setdefault((kind, key), doc)
             self._kinds_loaded.add(kind)
@@ -53,6 +113,36 @@ class UnitOfWork:
 
     def delete(self, kind: str, key: str) -> None:
         self._overlay[(kind, key)] = _DELETED
+
+    # ---- reads ahead ----------------------------------------------------
+    def prefetch(self, keys: Iterable[DocKey]) -> int:
+        """Read the documents of ``keys`` not known yet with one ``store.load``; returns how many keys were asked."""
+        if self.complete:
+            return 0
+        wanted = sorted(
+            {
+                item
+                for item in keys
+                if item not in self._cache and item not in self._overlay and item[0] not in self._kinds_loaded
+            }
+        )
+        if not wanted:
+            return 0
+        found = self.store.load(self.projection, wanted)
+        for item in wanted:
+            self._cache[item] = found.get(item)
+        return len(wanted)
+
+    def prefetch_events(self, projection: Projection, events: Iterable[EventEnvelope], source: str) -> int:
+        """:meth:`prefetch` the keys that ``projection`` names for the ``events`` it will apply (if it names any)."""
+        hint = prefetcher(projection)
+        if self.complete or hint is None:
+            return 0
+        keys: list[DocKey] = []
+        for event in events:
+            if not self.seen(source, event.sequence) and projection.handles(event):
+                keys.extend(hint(event))
+        return self.prefetch(keys)
 
     # ---- batch ----------------------------------------------------------
     def seen(self, source: str, sequence: int) -> bool:
@@ -76,9 +166,18 @@ class UnitOfWork:
         upserts = {k: v for k, v in self._overlay.items() if v is not _DELETED}
         deletes = [k for k, v in self._overlay.items() if v is _DELETED]
         self.store.commit(self.projection, upserts, deletes, self._moved.values())
-        # Other workers may write the same store: read afresh in the next batch.
-        self._cache = {}
-        self._kinds_loaded = set()
+        if self.exclusive:
+            # Nobody else writes this projection: what was committed is what the store now holds.
+            # The reducers keep no reference to a document once its batch is committed, so the
+            # committed objects themselves become the cached snapshots (copied on their next get).
+            for item in deletes:
+                self._cache[item] = None
+            self._cache.update(upserts)
+        else:
+            # Other workers may write the same store: read afresh in the next batch.
+            self._cache = {}
+            self._kinds_loaded = set()
         self._checkpoints.update(self._moved)
         self._overlay = {}
+        self._working = {}
         self._moved = {}
