@@ -236,10 +236,10 @@ def _batch_gc(enabled: bool) -> Iterator[Callable[[], None]]:
     gc.set_threshold(max(threshold[0], 100_000), max(threshold[1], 50), max(threshold[2], 100))
 
     def collect_then_freeze() -> None:
-        # Collect the batch's garbage cycles first: a frozen cycle is never collected. Freezing without
+        # Collect the batch's garbage cycles first: a frozen cycle is never collected, so freezing without
         # collecting kept such garbage alive for the whole replay (kafka-python's parsed fetch responses,
-        # ``PartitionRecords``, are cycles until drained); a replay of a million events from Kafka grew to
-        # 7 GB. The young generations hold only what the batch made, so this collection is short.
+        # ``PartitionRecords``, are cycles until drained). The young generations hold only what the batch
+        # made, so this collection is short.
         gc.collect(1)
         gc.freeze()
 
@@ -558,7 +558,7 @@ class CachedStore:
             else:
                 raws = {item: orjson.dumps(doc) for item, doc in self.store.dump(projection).items()}
             for (kind, key), raw in raws.items():
-                by_kind.setdefault(kind, {})[key] = raw
+                by_kind.setdefault(kind, {})[key] = _compact(raw)
             self._raw[projection] = by_kind
         return by_kind
 
@@ -595,7 +595,7 @@ class CachedStore:
             docs = by_kind.get(kind)
             if docs is None:
                 docs = by_kind[kind] = {}
-            docs[key] = raw
+            docs[key] = _compact(raw)
         for kind, key in deleted:
             by_kind.get(kind, {}).pop(key, None)
 
@@ -609,6 +609,13 @@ class CachedStore:
             for kind, docs in self._loaded(projection).items()
             for key, raw in docs.items()
         }
+
+
+def _compact(raw: bytes) -> bytes:
+    """An exact-size copy of ``raw``. ``orjson.dumps`` (3.13) returns bytes that keep the whole output
+    buffer it grew (measured: about 32 KB for a 1.7 KB document): cached as they are, a million documents
+    took 7 GB. The copy costs about 0.4 µs."""
+    return memoryview(raw).tobytes()
 
 
 class _JsonDoc(dict[str, Any]):

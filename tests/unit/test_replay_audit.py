@@ -871,3 +871,22 @@ def test_garbage_cycles_made_during_a_batch_are_collected_before_the_heap_is_fro
     )
     # after each commit, only the cycles of that batch's events could still be alive, never the earlier ones
     assert most and max(most) <= 100
+
+
+def test_the_cached_target_keeps_documents_at_their_size(tmp_path: Path) -> None:
+    """orjson.dumps returns bytes holding its whole output buffer (~32 KB); the cache keeps exact copies."""
+    import tracemalloc
+
+    import projections.replay
+
+    target = open_target(str(tmp_path / "sized.sqlite"))
+    docs = {("line", f"L-{n}"): {"n": n, "text": "x" * 1700} for n in range(200)}
+    tracemalloc.start()
+    try:
+        target.store.commit("ledger", docs, [], [])
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = snapshot.filter_traces([tracemalloc.Filter(True, projections.replay.__file__)]).statistics("filename")
+    target.close()
+    assert sum(stat.size for stat in held) < 200 * 4_000
