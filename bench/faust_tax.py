@@ -33,6 +33,9 @@ the worker processes used while timed (from ``/proc``).
 /tmp/pyspy py-spy``); the top functions, by own and by total samples, are printed
 and the collapsed stacks are kept under ``.prm/bench/``.
 
+``--faust-options '{"broker_max_poll_records": 5000}'``: further faust settings for the
+faust workers (``WorkerConfig.faust_options``), to measure what a setting changes.
+
 Topics and schemas are deleted at the end. Each run appends a JSON line to
 ``.prm/bench/faust_tax.jsonl``.
 """
@@ -73,6 +76,7 @@ OUT = ROOT / ".prm" / "bench"
 NOOP = "noop"
 ALL = "ledger+conflicts+dashboards"
 PYSPY = os.environ.get("PRM_PYSPY", "/tmp/pyspy/bin/py-spy")
+WORKER_TREE = ""
 
 
 class NoOp:
@@ -107,6 +111,11 @@ def _child(argv: list[str]) -> None:
         schema=schema,
         topic_prefix=prefix,
         lag_interval=0,
+        **(
+            {"faust_options": tuple(json.loads(options).items())}
+            if (options := os.environ.get("PRM_BENCH_FAUST_OPTIONS"))
+            else {}
+        ),
     )
     if projections == NOOP:
         specs = [ProjectionSpec(NoOp(), partition_local=True)]
@@ -322,6 +331,8 @@ def workers_run(
     group = f"bench-{uuid.uuid4().hex[:8]}"
     create_schema(url, schema)
     env = {**os.environ, "PRM_DATABASE_URL": url, "PRM_KAFKA_BOOTSTRAP": bootstrap, "PRM_LOG_FORMAT": "json"}
+    if WORKER_TREE:
+        env["PYTHONPATH"] = WORKER_TREE  # the workers import the code of another checkout (before/after)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", driver, group, names.prefix, schema]
     command.append(projections)
     names_of = [NOOP] if projections == NOOP else [n for n in projections.split("+") if n]
@@ -432,12 +443,26 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=5)
     parser.add_argument("--runs", default="raw,parse,getmany:noop,faust:noop")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--worker-tree",
+        default="",
+        help="a checkout (git worktree) whose code the workers run, e.g. the commit before a change",
+    )
+    parser.add_argument(
+        "--faust-options",
+        default="",
+        help="JSON object of faust settings for the faust workers, e.g. '{\"broker_max_poll_records\": 5000}'",
+    )
     parser.add_argument("--timeout", type=float, default=280.0, help="seconds a worker run may take")
     parser.add_argument(
         "--database-url", default=os.environ.get("PRM_TEST_DATABASE_URL", "postgresql://prm@127.0.0.1:54329/prm_test")
     )
     parser.add_argument("--bootstrap", default=os.environ.get("PRM_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     args = parser.parse_args()
+    global WORKER_TREE
+    WORKER_TREE = str(Path(args.worker_tree).resolve()) if args.worker_tree else ""
+    if args.faust_options:
+        os.environ["PRM_BENCH_FAUST_OPTIONS"] = json.dumps(json.loads(args.faust_options))
     OUT.mkdir(parents=True, exist_ok=True)
     lines = history(args.events, args.seed, args.scale)
     started_at = datetime.now(UTC)
@@ -492,6 +517,10 @@ def main() -> None:
                     Path(result.profile).with_suffix(".txt").write_text(report)
                     print(report, flush=True)
             row |= {"load_before": load_before, "load_after": os.getloadavg()}
+            if WORKER_TREE:
+                row["worker_tree"] = WORKER_TREE
+            if args.faust_options and run.startswith("faust"):
+                row["faust_options"] = json.loads(args.faust_options)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

@@ -73,6 +73,14 @@ faust traps met (faust-streaming 0.15.3, aiokafka 0.14.0)
 * faust creates ``datadir`` (default ``<id>-data`` in the working directory,
   without parents) even with memory tables; it is set under ``.prm/faust``.
 * ``faust.Worker`` draws a spinner on stdout even when ``quiet``; removed.
+* faust's fetch loop (``Consumer._drain_messages``) awaits
+  ``wait_first(callback(message), suspend_flow.wait())`` for *every* message:
+  four tasks and an ``asyncio.wait`` each, then an ``Event``, a channel put and
+  a step of the stream iterator. About 100 µs of CPU per message on a shared
+  2-vCPU EPYC, in the event-loop thread, under the same GIL as the projections:
+  the handler with a no-op projection does about 6k events/s under faust and
+  about 40k under a plain aiokafka ``getmany`` loop (``bench/faust_tax.py``,
+  ``bench/RESULTS-projections.md`` section 3). No setting removes it.
 
 Lag
 ---
@@ -155,6 +163,8 @@ class WorkerConfig:
     lag_interval: float = 30.0
     shutdown_grace: float = 10.0
     datadir: Path = Path(".prm/faust")
+    # Further faust settings (name, value), over the ones above: for measurements (bench/faust_tax.py).
+    faust_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def events_topic(self) -> str:
@@ -585,6 +595,7 @@ class ProjectionWorker:
             broker_heartbeat_interval=c.heartbeat_interval,
             broker_rebalance_timeout=c.rebalance_timeout,
             datadir=str(c.datadir / c.app_id),
+            **dict(c.faust_options),
         )
         events = app.topic(c.events_topic, key_serializer="raw", value_serializer="raw")
         program = app.topic(c.program_topic, key_serializer="raw", value_serializer="raw")
