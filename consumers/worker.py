@@ -291,6 +291,9 @@ class ReadModelWriter:
                 got = time.monotonic()
                 marks = store.checkpoints(spec.name)
                 unit = UnitOfWork(store, spec.name)
+                for source, envelopes in parts.items():
+                    # The documents the projection names for these events, read in one query (after the lock).
+                    unit.prefetch_events(spec.projection, (envelope for _, envelope in envelopes), source)
                 applied = 0
                 for source, envelopes in parts.items():
                     applied += _apply_source(unit, spec, source, envelopes, marks.get(source))
