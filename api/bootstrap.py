@@ -13,6 +13,7 @@ from eventsourcing.persistence import PersistenceError
 from api.logs import configure_logging
 from api.settings import Settings, postgres_env
 from domain.application import CommandResult, PartnerProgram
+from projections.postgres import schema_setup_lock
 
 if TYPE_CHECKING:
     from api.http.keys import KeyStore
@@ -43,6 +44,10 @@ def build_program(settings: Settings) -> PartnerProgram:
     if settings.store == "postgres":
         check_postgres(settings.database_url or "")
     try:
+        if settings.store == "postgres":
+            # The recorder creates its tables on start; processes starting together take turns.
+            with schema_setup_lock(settings.database_url or "", settings.database_schema):
+                return PartnerProgram(env=env)
         return PartnerProgram(env=env)
     except (PersistenceError, psycopg.Error, OSError) as exc:
         raise StartupError(f"cannot open the {settings.store} event store: {exc}") from None
@@ -82,7 +87,8 @@ def build_key_store(settings: Settings) -> KeyStore:
     check_postgres(settings.database_url)
     store = PostgresKeyStore(settings.database_url, schema=settings.database_schema)
     try:
-        store.create_tables()
+        with schema_setup_lock(settings.database_url):
+            store.create_tables()
     except psycopg.Error as exc:
         raise StartupError(f"cannot create the API key table: {exc}") from None
     return store

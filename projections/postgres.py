@@ -7,7 +7,8 @@ transaction with one statement per table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -37,6 +38,31 @@ CREATE TABLE IF NOT EXISTS {checkpoints} (
 """
 
 
+SCHEMA_SETUP_LOCK = "prm_schema_setup"
+"""Advisory-lock key taken while creating tables: two processes starting together on a fresh
+database (a relay, an ingest and workers) would otherwise race in ``CREATE … IF NOT EXISTS``
+and one would fail with "tuple concurrently updated" or a duplicate catalog key."""
+
+
+@contextlib.contextmanager
+def schema_setup_lock(conninfo: str, schema: str | None = None) -> Iterator[None]:
+    """Hold the schema-setup lock (on a connection of its own) while the body creates tables.
+
+    For DDL run by code that does not take the lock itself (the event store's
+    recorder, which expects its schema to exist: ``schema`` is created first if
+    given). Never nest it around :meth:`PostgresProjectionStore.create_tables`,
+    which takes the same lock in its own transaction.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (SCHEMA_SETUP_LOCK,))
+        try:
+            if schema:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (SCHEMA_SETUP_LOCK,))
+
+
 class PostgresProjectionStore:
     """Read models in ``<schema>.rm_docs`` and ``<schema>.rm_checkpoints``."""
 
@@ -56,7 +82,9 @@ class PostgresProjectionStore:
         return self._conn
 
     def create_tables(self) -> None:
+        """Create the schema and tables if missing (under the schema-setup lock: concurrent CREATEs collide)."""
         with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA_SETUP_LOCK,))
             self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
             self.conn.execute(sql.SQL(_SCHEMA_DDL).format(docs=self.docs, checkpoints=self.marks))
 
