@@ -204,7 +204,7 @@ def replay_command(
             total = history.total_records
             events = history
             duplicates = history.stats
-            closer = history.consumer.close
+            closer = history.close
         label = f"replay from {source}" + (f" (after position {resumed})" if resumed else "")
         with _progress_bar(disable=as_json or not sys.stderr.isatty()) as bar:
             task = bar.add_task(label, total=total or None)
