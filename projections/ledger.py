@@ -76,7 +76,7 @@ from domain.commission import (
 )
 from domain.contract import Contract
 from projections.envelope import EventEnvelope, iso, parse_time
-from projections.port import Doc, ReadView
+from projections.port import Doc, DocKey, ReadView
 
 __all__ = [
     "ACCRUAL",
@@ -595,6 +595,45 @@ class CommissionLedger:
         # Every event of a partner: even the ones that book nothing may carry
         # a pending recalculation to that partner (see ``_catch_up``).
         return event.partner_id is not None
+
+    def prefetch_keys(self, event: EventEnvelope) -> list[DocKey]:
+        """The documents :meth:`apply` reads for ``event`` (``projections.port.Prefetching``).
+
+        Every partner event reads its ``partner`` document and the ``recalculations``
+        index (``_catch_up``); then, by handler: a sale its ``sale`` (the dedupe check),
+        its ``partner_month`` bucket and, if it names one, its ``registration``; a refund
+        the ``sale`` it refunds; a registration event its ``registration``; a payout its
+        ``PAY-`` line (the dedupe check). A plan event reads its ``plan`` (and a
+        recalculation request the index). Not named, read on their own when needed:
+        the plan a sale is rated with (it depends on the partner's contracts), the
+        lines a payout pays, and what a pending recalculation reads.
+        """
+        data = event.data
+        if event.kind == "plan":
+            plan_keys: list[DocKey] = [(PLAN, data.get("plan_id") or event.subject)]
+            if event.name == "recalculation_requested":
+                plan_keys.append((RECALCULATIONS, RECALCULATIONS_KEY))
+            return plan_keys
+        partner_id = event.partner_id
+        if partner_id is None:
+            return []
+        keys: list[DocKey] = [(PARTNER, partner_id), (RECALCULATIONS, RECALCULATIONS_KEY)]
+        kind, name = event.kind, event.name
+        if kind == "sale" and name == "recorded":
+            keys.append((SALE, data.get("sale_id") or event.subject))
+            occurred = data.get("occurred_at")
+            if isinstance(occurred, str):
+                keys.append((PARTNER_MONTH, _key(partner_id, _month_of(_t(occurred)))))
+            registration_id = data.get("registration_id")
+            if registration_id is not None:
+                keys.append((REGISTRATION, _key(partner_id, registration_id)))
+        elif kind == "sale" and name == "refunded":
+            keys.append((SALE, event.subject))
+        elif kind == "registration":
+            keys.append((REGISTRATION, _key(partner_id, data.get("registration_id") or event.subject)))
+        elif kind == "payout" and name == "recorded":
+            keys.append((LINE, f"PAY-{data.get('payout_id') or event.subject}"))
+        return keys
 
     def apply(self, event: EventEnvelope, view: ReadView) -> None:
         if event.kind == "plan":
