@@ -148,6 +148,22 @@ def _require_currency(currency: object) -> str:
     return currency
 
 
+def _div_half_even(numerator: int, denominator: int) -> int:
+    """``round_half_even(Fraction(numerator, denominator))`` on integers (``denominator > 0``).
+
+    The rounding does not depend on the representation of the rational: with
+    ``n = g*n'`` and ``d = g*d'``, ``n // d == n' // d'`` and ``2*(n % d) < d`` iff
+    ``2*(n' % d') < d'``, so no reduction to lowest terms is needed.
+    """
+    floor, remainder = divmod(numerator, denominator)  # 0 <= remainder < denominator
+    twice = 2 * remainder
+    if twice < denominator:
+        return floor
+    if twice > denominator:
+        return floor + 1
+    return floor if floor % 2 == 0 else floor + 1
+
+
 def round_half_even(x: Fraction | int) -> int:
     """Round an exact rational to the nearest integer, ties to the even one.
 
@@ -156,15 +172,7 @@ def round_half_even(x: Fraction | int) -> int:
     """
     if isinstance(x, bool) or not isinstance(x, int | Fraction):
         raise TypeError(f"round_half_even takes a Fraction or an int, got {type(x).__name__}: {x!r}")
-    value = Fraction(x)
-    numerator, denominator = value.numerator, value.denominator  # denominator > 0
-    floor, remainder = divmod(numerator, denominator)  # 0 <= remainder < denominator
-    twice = 2 * remainder
-    if twice < denominator:
-        return floor
-    if twice > denominator:
-        return floor + 1
-    return floor if floor % 2 == 0 else floor + 1
+    return _div_half_even(x.numerator, x.denominator)  # an int is n/1; a Fraction's denominator is > 0
 
 
 def fraction_to_str(value: Fraction) -> str:
@@ -463,7 +471,13 @@ class RatePart:
             )
         if self.rate_bps != self.base_bps + self.bonus_bps + self.extra_bps:
             raise ValueError("RatePart: rate_bps must equal base_bps + bonus_bps + extra_bps")
-        if self.exact_commission != Fraction(self.amount_minor * self.rate_bps, BPS_DENOMINATOR):
+        exact = self.exact_commission
+        if type(exact) is Fraction:
+            # a/b == c/10000 iff a*10000 == c*b (b > 0): no Fraction arithmetic
+            equal = exact.numerator * BPS_DENOMINATOR == self.amount_minor * self.rate_bps * exact.denominator
+        else:
+            equal = exact == Fraction(self.amount_minor * self.rate_bps, BPS_DENOMINATOR)
+        if not equal:
             raise ValueError("RatePart: exact_commission must equal amount_minor * rate_bps / 10000")
 
     @classmethod
@@ -526,9 +540,19 @@ class LineAccrual:
     accelerators: tuple[Accelerator, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.exact_commission != sum((part.exact_commission for part in self.parts), Fraction(0)):
+        exact = self.exact_commission
+        if type(exact) is Fraction and all(type(part) is RatePart for part in self.parts):
+            # Each part was checked: its exact commission is amount_minor * rate_bps / 10000, so the sum of
+            # the parts is (sum of amount_minor * rate_bps) / 10000, compared by cross-multiplication.
+            numerator = sum(part.amount_minor * part.rate_bps for part in self.parts)
+            if exact.numerator * BPS_DENOMINATOR != numerator * exact.denominator:
+                raise ValueError("LineAccrual: exact_commission must be the sum of the parts' exact commissions")
+            if self.commission_minor != _div_half_even(exact.numerator, exact.denominator):
+                raise ValueError("LineAccrual: commission_minor must be round_half_even(exact_commission)")
+            return
+        if exact != sum((part.exact_commission for part in self.parts), Fraction(0)):
             raise ValueError("LineAccrual: exact_commission must be the sum of the parts' exact commissions")
-        if self.commission_minor != round_half_even(self.exact_commission):
+        if self.commission_minor != round_half_even(exact):
             raise ValueError("LineAccrual: commission_minor must be round_half_even(exact_commission)")
 
     @property
@@ -646,7 +670,9 @@ def accrue_line(
         )
         for start, end, _, extra in split_by_accelerators(amount, q, accelerators)
     )
-    exact = sum((part.exact_commission for part in parts), Fraction(0))
+    # The exact commission is an integer over 10 000: sum the numerators, round once with divmod.
+    numerator = sum(part.amount_minor * part.rate_bps for part in parts)
+    exact = Fraction(numerator, BPS_DENOMINATOR)
     return LineAccrual(
         amount_minor=amount,
         currency=currency,
@@ -656,7 +682,7 @@ def accrue_line(
         bonus_bps=bonus,
         parts=parts,
         exact_commission=exact,
-        commission_minor=round_half_even(exact),
+        commission_minor=_div_half_even(numerator, BPS_DENOMINATOR),
         reason=None,
         q_before=q,
         registration_bonus=bool(registration_bonus),
