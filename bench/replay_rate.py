@@ -52,7 +52,7 @@ from consumers.relay import route
 from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
 from projections.envelope import EventEnvelope
 from projections.memory import InMemoryProjectionStore
-from projections.replay import open_target, replay
+from projections.replay import REPLAY_BATCH, REPLAY_KEEP, open_target, replay
 
 BOOTSTRAP = os.environ.get("PRM_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 
@@ -129,7 +129,9 @@ def _rss_mb() -> int:
     return -1
 
 
-def run_replay(names: TopicNames | None, target_kind: str, batch_size: int, count: int = 0) -> dict[str, Any]:
+def run_replay(
+    names: TopicNames | None, target_kind: str, batch_size: int, count: int = 0, keep: int = REPLAY_KEEP
+) -> dict[str, Any]:
     """Replay from Kafka (``names``) or, with ``names=None``, from the generator (``count`` events, no Kafka)."""
     with tempfile.TemporaryDirectory(prefix="benchproj-") as tmp:
         closer = None
@@ -165,7 +167,7 @@ def run_replay(names: TopicNames | None, target_kind: str, batch_size: int, coun
         gc.callbacks.append(gc_watch)
         started = time.perf_counter()
         try:
-            stats = replay(history, store, batch_size=batch_size, progress=progress, source="kafka")
+            stats = replay(history, store, batch_size=batch_size, progress=progress, source="kafka", keep=keep)
             rss_mb = _rss_mb()  # the target's cache is still alive
         finally:
             gc.callbacks.remove(gc_watch)
@@ -189,7 +191,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--target", choices=("sqlite", "memory"), default="sqlite")
-    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=REPLAY_BATCH, help="default: the replay's (%(default)s)")
+    parser.add_argument(
+        "--keep", type=int, default=REPLAY_KEEP, help="working copies kept across batches (default: %(default)s)"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--from-generator",
@@ -209,8 +214,14 @@ def main() -> None:
         for count in sizes if args.from_generator else []:
             load_before = load()
             say(f"N={count:,}: replay from the generator into {args.target} (load {load_before})")
-            rep = run_replay(None, args.target, args.batch_size, count)
-            row = {"n": count, "source": "generator", "target": args.target, "batch_size": args.batch_size}
+            rep = run_replay(None, args.target, args.batch_size, count, args.keep)
+            row = {
+                "n": count,
+                "source": "generator",
+                "target": args.target,
+                "batch_size": args.batch_size,
+                "keep": args.keep,
+            }
             row.update(replay=rep, load_before=load_before, load_after=load())
             row["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             say(f"N={count:,}: replay from the generator {rep['per_s']:,.0f}/s (load {load()})")
@@ -227,13 +238,14 @@ def main() -> None:
             load_before = load()
             raw1 = raw_read(names)
             say(f"N={count:,}: raw read {raw1['per_s']:,.0f}/s; replay into {args.target} (load {load()})")
-            rep = run_replay(names, args.target, args.batch_size)
+            rep = run_replay(names, args.target, args.batch_size, keep=args.keep)
             say(f"N={count:,}: replay {rep['per_s']:,.0f}/s; raw read again (load {load()})")
             raw2 = raw_read(names)
             row = {
                 "n": count,
                 "target": args.target,
                 "batch_size": args.batch_size,
+                "keep": args.keep,
                 "raw_read": raw1,
                 "replay": rep,
                 "raw_read_after": raw2,
@@ -257,7 +269,7 @@ def main() -> None:
             say(f"profiling the replay of {count:,} events (load {load()})")
             profiler = cProfile.Profile()
             profiler.enable()
-            rep = run_replay(names, args.target, args.batch_size)
+            rep = run_replay(names, args.target, args.batch_size, keep=args.keep)
             profiler.disable()
             out = io.StringIO()
             stats = pstats.Stats(profiler, stream=out)

@@ -71,6 +71,8 @@ from projections.unit_of_work import UnitOfWork
 __all__ = [
     "COORDINATES",
     "META",
+    "REPLAY_BATCH",
+    "REPLAY_KEEP",
     "REPLAY_SOURCE",
     "CachedStore",
     "JsonFileProjectionStore",
@@ -98,6 +100,10 @@ META = "replay"
 """Projection name of the replay's own documents (its parameters and progress)."""
 COORDINATES = "kafka_coordinates"
 """Projection name of the Kafka coordinates of the replayed events (replays from Kafka only)."""
+REPLAY_BATCH = 2000
+"""Events per committed batch of a replay by default (the resume granularity)."""
+REPLAY_KEEP = 20_000
+"""Working copies a replay's unit of work keeps across batches (per projection; an LRU, see ``replay``)."""
 _META_KIND = "meta"
 _META_KEY = "run"
 _COORDINATES_KIND = "batch"
@@ -258,11 +264,12 @@ def replay(
     *,
     as_of: datetime | None = None,
     partner: str | None = None,
-    batch_size: int = 2000,
+    batch_size: int = REPLAY_BATCH,
     progress: Callable[[int, int], None] | None = None,
     source: str | None = None,
     fresh: bool = False,
     tune_gc: bool = True,
+    keep: int = REPLAY_KEEP,
 ) -> ReplayStats:
     """Apply ``events`` (in increasing ``sequence``) to ``projections`` in ``target_store``.
 
@@ -273,6 +280,12 @@ def replay(
     ``progress(events read, last sequence)`` is called after each commit.
     ``source`` (``store``/``kafka``) is only recorded. ``fresh``: forget what the
     target holds first. ``tune_gc``: see ``_batch_gc`` (process-wide, restored at the end).
+
+    The replay is the only writer of its target, so its units of work are
+    exclusive and keep the working copies of the ``keep`` most recently used
+    documents across batches (see :mod:`projections.unit_of_work`); a failed batch
+    ends the replay (the exception propagates, the units are dropped) and a new
+    run resumes from the last committed one.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -280,7 +293,7 @@ def replay(
     if not chosen:
         raise ValueError("nothing to replay: no projection")
     with _batch_gc(tune_gc) as freeze:
-        return _replay(events, target_store, chosen, as_of, partner, batch_size, progress, source, fresh, freeze)
+        return _replay(events, target_store, chosen, as_of, partner, batch_size, progress, source, fresh, freeze, keep)
 
 
 def _replay(
@@ -294,6 +307,7 @@ def _replay(
     source: str | None,
     fresh: bool,
     freeze: Callable[[], None],
+    keep: int,
 ) -> ReplayStats:
     if fresh:
         reset_target(target_store, chosen)
@@ -304,7 +318,7 @@ def _replay(
     meta["complete"] = False
     target_store.commit(META, {(_META_KIND, _META_KEY): meta}, [], [])
 
-    units = {p.name: UnitOfWork(target_store, p.name) for p in chosen}
+    units = {p.name: UnitOfWork(target_store, p.name, exclusive=True, keep=keep) for p in chosen}
     positioned = events if isinstance(events, PositionedHistory) else None
     coordinates: list[list[Any]] = []
     started = time.perf_counter()

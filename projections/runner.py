@@ -30,6 +30,7 @@ def run_projections(
     progress: Callable[[int], None] | None = None,
     exclusive: bool = False,
     rebuild: bool = False,
+    keep: int | None = None,
 ) -> RunStats:
     """Apply ``events`` (in store order) to each projection; commit every ``batch_size`` events.
 
@@ -39,13 +40,16 @@ def run_projections(
     else writes these projections in ``store`` meanwhile, so documents stay
     cached across batches. ``rebuild``: forget every document and checkpoint of
     these projections first (``store.reset``), then fold from scratch, exclusively,
-    without reading the store at all.
+    without reading the store at all. ``keep`` (exclusive or rebuild only): how many
+    working copies each unit keeps across batches (an LRU; ``None``: all of them),
+    see :mod:`projections.unit_of_work`. An error ends the run: its units, whose
+    copies may hold the failed batch's changes, are dropped with it.
     """
     batch_size = max(1, batch_size)
     if rebuild:
         for projection in projections:
             store.reset(projection.name)
-    units = {p.name: UnitOfWork(store, p.name, exclusive=exclusive, complete=rebuild) for p in projections}
+    units = {p.name: UnitOfWork(store, p.name, exclusive=exclusive, complete=rebuild, keep=keep) for p in projections}
     stats = RunStats()
     batch: list[EventEnvelope] = []
 

@@ -18,19 +18,50 @@ still read on its own when first needed.
 Modes
 -----
 * default: other processes may write the same store (Kafka workers of other
-  partitions), so the cache is dropped at every commit and each batch reads afresh;
+  partitions), so the cache and the working copies are dropped at every commit
+  and each batch reads (and copies) afresh;
 * ``exclusive=True``: nobody else writes this projection in this store while the
   unit lives (a rebuild, a replay, the embedded projector): what was read or
-  committed stays cached across batches;
+  committed stays known across batches, and the *working copies* -- the
+  documents handed to reducers, and the documents they ``put`` -- are kept
+  across commits and handed out again as they are, without a new copy (see
+  below); ``keep=N`` bounds them to the ``N`` most recently used (an LRU): an
+  evicted document is read back from the store (and copied) when next needed,
+  and the store snapshots are then dropped at each commit as in the default
+  mode, so the unit's memory stays bounded whatever the size of the history;
 * ``complete=True`` (implies ``exclusive``): in addition, the store held no
   document of this projection when the unit was created (a rebuild after
-  ``reset``), so a key that is not cached does not exist and nothing is ever read.
+  ``reset``), so a key that is not known does not exist and nothing is ever read
+  -- until ``keep`` evicts a document: from then on, unknown keys are read.
+
+Why a working copy may outlive its batch (``exclusive``)
+--------------------------------------------------------
+A kept copy is reused only if its content is, at every commit, exactly what the
+store holds for its key. That holds because:
+
+* reducers keep no reference to a document past the event that got it, and
+  never change a document they got without ``put``-ting it back in the same
+  event (audited: ``CommissionLedger``, ``ChannelConflicts``, ``Dashboards``), so
+  a copy that was got and not put is unchanged, and one that was put is what
+  the commit wrote;
+* the store keeps its own serialisation or copy of what it is given at commit,
+  never the object itself: ``CachedStore`` and ``SqliteProjectionStore`` store
+  ``orjson.dumps`` bytes, ``PostgresProjectionStore`` sends one ``orjson``
+  array, ``InMemoryProjectionStore`` (and the JSON file store over it) store a
+  ``copy_doc``; so changing a kept copy later never changes the store, and
+  nothing but this unit writes the projection;
+* a batch that fails (a reducer raises, the commit raises) leaves its copies
+  possibly changed but uncommitted: the unit must then be dropped, not committed
+  or used again. The replay and ``run_projections`` let the error end the run (a
+  new run makes new units and resumes from the committed checkpoints); the Kafka
+  worker uses the default mode, which keeps nothing across batches.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 
 import orjson
 
@@ -65,17 +96,24 @@ class UnitOfWork:
         *,
         exclusive: bool = False,
         complete: bool = False,
+        keep: int | None = None,
     ) -> None:
+        self.exclusive = exclusive or complete
+        if keep is not None and (keep < 0 or not self.exclusive):
+            raise ValueError("keep: a number >= 0, for an exclusive unit only")
         self.store = store
         self.projection = projection
-        self.exclusive = exclusive or complete
         self.complete = complete
+        self.keep = keep
         self._overlay: dict[DocKey, Doc] = {}
-        self._working: dict[DocKey, Doc] = {}
+        self._working: dict[DocKey, Doc] = {}  # this batch's working copies
+        self._kept: OrderedDict[DocKey, Doc] = OrderedDict()  # exclusive: earlier batches' copies, oldest use first
         self._cache: dict[DocKey, Doc | None] = {}
         self._kinds_loaded: set[str] = set()
         self._checkpoints = dict(store.checkpoints(projection))
         self._moved: dict[str, Checkpoint] = {}
+        self.copies = 0
+        """Documents copied so far (a store read handed to a reducer); kept copies are not copied again."""
 
     # ---- ReadView -------------------------------------------------------
     def get(self, kind: str, key: str) -> Doc | None:
@@ -86,6 +124,11 @@ class UnitOfWork:
         doc = self._working.get(item)
         if doc is not None:
             return doc
+        if self._kept:
+            doc = self._kept.pop(item, None)
+            if doc is not None:
+                self._working[item] = doc
+                return doc
         if item in self._cache:
             cached = self._cache[item]
         elif self.complete or kind in self._kinds_loaded:
@@ -94,6 +137,7 @@ class UnitOfWork:
             cached = self._cache[item] = self.store.load(self.projection, [item]).get(item)
         if cached is None:
             return None
+        self.copies += 1
         doc = self._working[item] = copy_doc(cached)
         return doc
 
@@ -102,7 +146,10 @@ class UnitOfWork:
             for key, doc in self.store.load_kind(self.projection, kind).items():
                 self._cache.setdefault((kind, key), doc)
             self._kinds_loaded.add(kind)
-        keys = {k for (c, k) in self._cache if c == kind} | {k for (c, k) in self._overlay if c == kind}
+        keys = {k for (c, k) in self._cache if c == kind}
+        keys.update(k for (c, k) in self._overlay if c == kind)
+        keys.update(k for (c, k) in self._working if c == kind)
+        keys.update(k for (c, k) in self._kept if c == kind)
         for key in sorted(keys):
             found = self.get(kind, key)
             if found is not None:
@@ -123,7 +170,11 @@ class UnitOfWork:
             {
                 item
                 for item in keys
-                if item not in self._cache and item not in self._overlay and item[0] not in self._kinds_loaded
+                if item not in self._cache
+                and item not in self._overlay
+                and item not in self._working
+                and item not in self._kept
+                and item[0] not in self._kinds_loaded
             }
         )
         if not wanted:
@@ -167,17 +218,49 @@ class UnitOfWork:
         deletes = [k for k, v in self._overlay.items() if v is _DELETED]
         self.store.commit(self.projection, upserts, deletes, self._moved.values())
         if self.exclusive:
-            # Nobody else writes this projection: what was committed is what the store now holds.
-            # The reducers keep no reference to a document once its batch is committed, so the
-            # committed objects themselves become the cached snapshots (copied on their next get).
-            for item in deletes:
-                self._cache[item] = None
-            self._cache.update(upserts)
+            self._keep_working_copies(upserts, deletes)
         else:
             # Other workers may write the same store: read afresh in the next batch.
             self._cache = {}
             self._kinds_loaded = set()
+            self._working = {}
         self._checkpoints.update(self._moved)
         self._overlay = {}
-        self._working = {}
         self._moved = {}
+
+    def _keep_working_copies(self, upserts: Mapping[DocKey, Doc], deletes: Iterable[DocKey]) -> None:
+        """After a commit, exclusive: keep this batch's copies (and what was put) for the next batches.
+
+        Nobody else writes this projection, and the store keeps its own serialisation or copy
+        of what it was given (see the module's docstring): every kept object is, as of this
+        commit, exactly what the store holds for its key, and no reducer holds it any more.
+        """
+        working = self._working
+        kept = self._kept
+        cache = self._cache
+        for item in deletes:
+            working.pop(item, None)
+            kept.pop(item, None)
+            cache[item] = None
+        for item, doc in upserts.items():
+            kept.pop(item, None)
+            working[item] = doc
+        # This batch's documents become the most recently used (a kept copy that was got was moved
+        # out of ``kept`` by ``get``); their store snapshots are no longer needed.
+        for item in working:
+            cache.pop(item, None)
+        kept.update(working)
+        self._working = {}
+        if self.keep is None:
+            return
+        evicted = len(kept) - self.keep
+        for _ in range(evicted):
+            kept.popitem(last=False)
+        if evicted > 0:
+            # An evicted document exists in the store but is no longer known here: read it when needed.
+            self.complete = False
+        if not self.complete:
+            # Bounded: store snapshots (and ``None`` for missing keys) live for one batch, as in the
+            # default mode; only the kept copies (at most ``keep``) survive.
+            self._cache = {}
+            self._kinds_loaded = set()

@@ -197,8 +197,10 @@ def test_a_complete_unit_knows_missing_keys_without_asking() -> None:
 
 
 # ---- copies --------------------------------------------------------------------------
-@pytest.mark.parametrize("options", [{}, {"exclusive": True}])
+@pytest.mark.parametrize("options", [{}])
 def test_a_document_is_copied_once_per_batch_and_the_store_never_shares_it(options: Mapping[str, Any]) -> None:
+    # The default (shared) mode. An exclusive unit keeps its copies across batches instead
+    # (tests/unit/test_unit_of_work_lru.py).
     store = InMemoryProjectionStore()
     store.commit("p", {("k", "a"): {"items": [1]}}, [], [])
     unit = UnitOfWork(store, "p", **options)
