@@ -2,7 +2,9 @@
 
 Two customer records denote the same account when they share a normalised
 domain, a tax id, or (within one country) a sufficiently similar name.
-Pure functions: standard library and rapidfuzz only, no I/O.
+Pure functions: standard library and rapidfuzz only, no I/O. The normalisations
+are memoised (``functools.lru_cache`` on their immutable inputs): a customer is
+normalised once however many events and comparisons carry it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from rapidfuzz import fuzz
@@ -67,14 +70,19 @@ _LEGAL_FORM_TOKENS: frozenset[str] = frozenset(
         "corp", "corporation", "company", "jsc", "plc", "gmbh", "sa", "ag", "bv",
     }
 )  # fmt: skip
+# Every token that can start something _remove_legal_forms drops.
+_LEGAL_FORM_STARTS: frozenset[str] = _LEGAL_FORM_TOKENS | frozenset(phrase[0] for phrase in _LEGAL_FORM_PHRASES)
 LEGAL_FORM_WORDS: frozenset[str] = _LEGAL_FORM_TOKENS | frozenset(" ".join(phrase) for phrase in _LEGAL_FORM_PHRASES)
 
 _VIETNAM_COUNTRY_CODES = frozenset({"VN", "VNM"})
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*://")
+_URL_TAIL = re.compile(r"[/?#\\]")
 _DOMAIN_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?$")
 # Dotted single-letter abbreviations such as "S.A." or "J.S.C" -> "SA", "JSC".
 _DOTTED_ABBREVIATION = re.compile(r"(?<![^\W_])(?:[^\W\d_]\.)+[^\W\d_]\.?(?![^\W_])")
+# One character that is not ``str.isalnum`` (``\w`` is alphanumeric or ``_``), each replaced by a space.
+_NOT_ALNUM = re.compile(r"[\W_]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +143,10 @@ def _is_free_mail(domain: str) -> bool:
     return any(".".join(labels[i:]) in FREE_MAIL_DOMAINS for i in range(len(labels)))
 
 
+_CACHE_SIZE = 1 << 16
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
 def normalise_domain(raw: str | None) -> str | None:
     """Canonical host of a domain, URL or e-mail address.
 
@@ -148,7 +160,7 @@ def normalise_domain(raw: str | None) -> str | None:
     host = raw.strip().lower()
     host = _SCHEME.sub("", host)
     host = host.removeprefix("//")
-    host = re.split(r"[/?#\\]", host, maxsplit=1)[0]
+    host = _URL_TAIL.split(host, maxsplit=1)[0]
     host = host.rpartition("@")[2]
     host = host.split(":", 1)[0]
     host = host.strip(".")
@@ -167,6 +179,7 @@ def normalise_domain(raw: str | None) -> str | None:
     return host
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def normalise_tax_id(raw: str | None) -> str | None:
     """Tax id with letters and digits only, upper-cased.
 
@@ -216,6 +229,8 @@ def tax_id_key(raw: str | None, country: str | None = None) -> str | None:
 
 def _fold(text: str) -> str:
     """Strip diacritics (``đ`` -> ``d``) and lower-case, to a fixed point."""
+    if text.isascii():
+        return text.lower()  # what the loop gives: NFKD changes no ASCII text, which has no combining marks
     for _ in range(4):
         mapped = text.replace("đ", "d").replace("Đ", "d")
         decomposed = unicodedata.normalize("NFKD", mapped)
@@ -229,6 +244,8 @@ def _fold(text: str) -> str:
 
 def _remove_legal_forms(tokens: list[str]) -> list[str]:
     """Drop legal-form phrases and words (whole tokens only), to a fixed point."""
+    if _LEGAL_FORM_STARTS.isdisjoint(tokens):
+        return tokens  # nothing to drop: no legal-form word, no first word of a phrase
     while True:
         kept: list[str] = []
         i = 0
@@ -246,6 +263,7 @@ def _remove_legal_forms(tokens: list[str]) -> list[str]:
         tokens = kept
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def normalise_name(raw: str) -> str:
     """Company name for comparison.
 
@@ -254,8 +272,9 @@ def normalise_name(raw: str) -> str:
     legal-form words dropped (kept if nothing else remains), spaces collapsed.
     """
     text = _fold(raw)
-    text = _DOTTED_ABBREVIATION.sub(lambda m: m.group().replace(".", ""), text)
-    text = "".join(ch if ch.isalnum() else " " for ch in text)
+    if "." in text:  # every dotted abbreviation has a dot
+        text = _DOTTED_ABBREVIATION.sub(lambda m: m.group().replace(".", ""), text)
+    text = _NOT_ALNUM.sub(" ", text)
     tokens = text.split()
     return " ".join(_remove_legal_forms(tokens) or tokens)
 
@@ -282,7 +301,9 @@ class AccountKeys:
     name: str
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
 def account_keys(customer: Customer) -> AccountKeys:
+    """The customer's normalised keys (memoised on the customer, a frozen value)."""
     return AccountKeys(
         domain=normalise_domain(customer.domain),
         tax_id=normalise_tax_id(customer.tax_id),

@@ -29,7 +29,7 @@ Document kinds of the ``conflicts`` projection:
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,15 +37,7 @@ from typing import Any
 from rapidfuzz import fuzz, process
 
 from domain.conflicts import DIRECT_VS_PARTNER, PARTNER_VS_PARTNER, SALE_OUTSIDE_REGISTRATION, conflict_id
-from domain.matching import (
-    Customer,
-    match_accounts,
-    normalise_country,
-    normalise_domain,
-    normalise_name,
-    normalise_tax_id,
-    tax_id_key,
-)
+from domain.matching import Customer, account_keys, match_accounts
 from domain.program import DEFAULT_SETTINGS
 from domain.registration import APPROVED, SUBMITTED, WON
 from projections.envelope import EventEnvelope, iso, parse_time
@@ -122,10 +114,19 @@ def may_reach(length: int, other: int, cutoff: float) -> bool:
 
 
 def _reachable(lengths: list[int], length: int, cutoff: float) -> list[int]:
-    """The ``lengths`` (sorted) that :func:`may_reach` ``length`` at ``cutoff``: a contiguous run around it."""
-    start = bisect_left(lengths, True, key=lambda m: m >= length or may_reach(length, m, cutoff))
-    end = bisect_left(lengths, True, key=lambda m: m > length and not may_reach(length, m, cutoff))
-    return lengths[start:end]
+    """The ``lengths`` (sorted) that :func:`may_reach` ``length`` at ``cutoff``: a contiguous run around it.
+
+    ``may_reach(length, m)`` grows with ``m`` up to ``length`` and falls after it, so
+    the run is the integers ``low..high`` found by stepping out from ``length``.
+    """
+    if not lengths:
+        return []
+    low, high = length, length
+    while low > 1 and low > lengths[0] and may_reach(length, low - 1, cutoff):
+        low -= 1
+    while high < lengths[-1] and may_reach(length, high + 1, cutoff):
+        high += 1
+    return lengths[bisect_left(lengths, low) : bisect_right(lengths, high)]
 
 
 def _sides(party_type: str) -> list[str]:
@@ -201,12 +202,14 @@ def _insert(entries: list[dict[str, Any]], entry: dict[str, Any]) -> bool:
 
 
 def _keys(customer: Customer) -> dict[str, Any]:
-    taxes = {tax_id_key(customer.tax_id, customer.country), normalise_tax_id(customer.tax_id)} - {None}
+    """The account document's keys, from the customer's (memoised) ``account_keys``: a new dict each time."""
+    keys = account_keys(customer)
+    taxes = {keys.tax_key, keys.tax_id} - {None}
     return {
-        "domain": normalise_domain(customer.domain),
+        "domain": keys.domain,
         "tax": sorted(t for t in taxes if t is not None),
-        "name": normalise_name(customer.name),
-        "country": normalise_country(customer.country),
+        "name": keys.name,
+        "country": keys.country,
     }
 
 
@@ -475,15 +478,21 @@ class ChannelConflicts:
         if keys["name"] and keys["country"]:
             name = sorted_name(keys["name"])
             cutoff = lowest_threshold * 100 - _NAME_PREFILTER_SLACK
+            # Every reachable bucket's names in one list, compared in one call (a call per bucket cost
+            # as much as the comparisons); the refs are a set, so the order of the hits does not matter.
+            names: list[str] = []
+            owners: list[str] = []
             for side in _sides(account["type"]):
                 directory = view.get(INDEX, lengths_key(side, keys["country"]))
                 for length in _reachable(directory["lengths"] if directory is not None else [], len(name), cutoff):
                     bucket = view.get(INDEX, names_key(side, keys["country"], length))
-                    if bucket is None:
-                        continue
-                    # fuzz.ratio on sorted names is token_sort_ratio, without re-sorting every stored name.
-                    hits = process.extract(name, bucket["names"], scorer=fuzz.ratio, score_cutoff=cutoff, limit=None)
-                    refs.update(ref for _, _, ref in hits)
+                    if bucket is not None:
+                        names.extend(bucket["names"].values())
+                        owners.extend(bucket["names"])
+            if names:
+                # fuzz.ratio on sorted names is token_sort_ratio, without re-sorting every stored name.
+                hits = process.extract(name, names, scorer=fuzz.ratio, score_cutoff=cutoff, limit=None)
+                refs.update(owners[index] for _, _, index in hits)
         refs.discard(account["ref"])
         if account["type"] != REGISTRATION:
             refs = {ref for ref in refs if ref.startswith(REGISTRATION + ":")}
