@@ -36,6 +36,15 @@ def pg_schema(pg_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def unborn_schema(pg_url: str) -> Iterator[str]:
+    """A schema name that does not exist yet (the code under test creates it), dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     return os.environ.get("PRM_KAFKA_BOOTSTRAP", DEFAULT_KAFKA)

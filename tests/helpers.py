@@ -1,14 +1,16 @@
-"""Small builders shared by the integration and end-to-end tests."""
+"""Small builders shared by the tests."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
 from domain.application import PartnerProgram
+from projections.envelope import EventEnvelope
+from projections.port import ReadView
 
 
 def onboard_partner(
@@ -58,3 +60,34 @@ def event_topics(kafka_bootstrap: str, label: str) -> Iterator[TopicNames]:
     finally:
         delete_topics(admin, names.all())
         admin.close()
+
+
+def sale_envelope(sequence: int, partner: str = "P-1", amount: int = 10) -> EventEnvelope:
+    """A minimal recorded-sale envelope at ``sequence`` (for reducers such as :class:`Totals`)."""
+    return EventEnvelope(
+        id=f"e-{sequence}",
+        type="prm.sale.recorded.v1",
+        subject=f"S-{sequence}",
+        sequence=sequence,
+        aggregate_id=f"a-{sequence}",
+        aggregate_version=1,
+        partner_id=partner,
+        time=datetime(2026, 1, 1, tzinfo=UTC),
+        data={"total_minor": amount},
+    )
+
+
+class Totals:
+    """A tiny reducer: revenue and number of sales per partner."""
+
+    name = "totals"
+
+    def handles(self, event: EventEnvelope) -> bool:
+        return event.type == "prm.sale.recorded.v1"
+
+    def apply(self, event: EventEnvelope, view: ReadView) -> None:
+        key = event.partner_id or "direct"
+        doc = view.get("partner", key) or {"revenue": 0, "sales": 0}
+        doc["revenue"] += event.data["total_minor"]
+        doc["sales"] += 1
+        view.put("partner", key, doc)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 
-from projections.envelope import EventEnvelope
 from projections.memory import InMemoryProjectionStore
-from projections.port import Checkpoint, ProjectionStore, ReadView
+from projections.port import Checkpoint, ProjectionStore
 from projections.postgres import PostgresProjectionStore
 from projections.runner import run_projections
 from projections.unit_of_work import UnitOfWork
+from tests.helpers import Totals
+from tests.helpers import sale_envelope as envelope
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -25,36 +25,6 @@ def store(request: pytest.FixtureRequest) -> Iterator[ProjectionStore]:
     pg.create_tables()
     yield pg
     pg.close()
-
-
-def envelope(sequence: int, partner: str = "P-1", amount: int = 10) -> EventEnvelope:
-    return EventEnvelope(
-        id=f"e-{sequence}",
-        type="prm.sale.recorded.v1",
-        subject=f"S-{sequence}",
-        sequence=sequence,
-        aggregate_id=f"a-{sequence}",
-        aggregate_version=1,
-        partner_id=partner,
-        time=datetime(2026, 1, 1, tzinfo=UTC),
-        data={"total_minor": amount},
-    )
-
-
-class Totals:
-    """A tiny reducer: revenue per partner."""
-
-    name = "totals"
-
-    def handles(self, event: EventEnvelope) -> bool:
-        return event.type == "prm.sale.recorded.v1"
-
-    def apply(self, event: EventEnvelope, view: ReadView) -> None:
-        key = event.partner_id or "direct"
-        doc = view.get("partner", key) or {"revenue": 0, "sales": 0}
-        doc["revenue"] += event.data["total_minor"]
-        doc["sales"] += 1
-        view.put("partner", key, doc)
 
 
 class TestProjectionStoreContract:

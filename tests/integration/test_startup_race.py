@@ -9,13 +9,10 @@ creation is serialised by an advisory lock.
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from api.bootstrap import build_key_store, build_program, build_projection_store
 from api.settings import Settings
@@ -25,18 +22,9 @@ pytestmark = pytest.mark.integration
 STARTERS = 6
 
 
-@pytest.fixture
-def fresh_schema(pg_url: str) -> Iterator[str]:
-    """A schema name that does not exist yet (the starters create it), dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
 @pytest.mark.parametrize("round_", range(3))
-def test_concurrent_starts_on_a_fresh_schema_all_succeed(pg_url: str, fresh_schema: str, round_: int) -> None:
-    settings = Settings(store="postgres", database_url=pg_url, database_schema=fresh_schema, read_models="postgres")
+def test_concurrent_starts_on_a_unborn_schema_all_succeed(pg_url: str, unborn_schema: str, round_: int) -> None:
+    settings = Settings(store="postgres", database_url=pg_url, database_schema=unborn_schema, read_models="postgres")
     barrier = threading.Barrier(STARTERS)
 
     def start(i: int) -> str:
@@ -57,7 +45,7 @@ def test_concurrent_starts_on_a_fresh_schema_all_succeed(pg_url: str, fresh_sche
         tables = {
             row[0]
             for row in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (fresh_schema,)
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (unborn_schema,)
             )
         }
     assert {"rm_docs", "rm_checkpoints", "prm_api_keys"} <= tables

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,10 +21,12 @@ from projections.dashboards import Dashboards
 from projections.envelope import EventEnvelope
 from projections.ledger import CommissionLedger
 from projections.memory import InMemoryProjectionStore
-from projections.port import Checkpoint, Doc, DocKey, Projection, ReadView
+from projections.port import Checkpoint, Doc, DocKey, Projection
 from projections.runner import run_projections
 from projections.store_reader import read_store
 from projections.unit_of_work import UnitOfWork, copy_doc
+from tests.helpers import Totals
+from tests.helpers import sale_envelope as sale
 from tests.unit.conftest import new_app
 
 
@@ -65,34 +66,6 @@ class CountingStore(InMemoryProjectionStore):
     def load_kind(self, projection: str, kind: str) -> dict[str, Doc]:
         self.kind_loads.append(kind)
         return super().load_kind(projection, kind)
-
-
-def sale(sequence: int, partner: str = "P-1", amount: int = 10) -> EventEnvelope:
-    return EventEnvelope(
-        id=f"e-{sequence}",
-        type="prm.sale.recorded.v1",
-        subject=f"S-{sequence}",
-        sequence=sequence,
-        aggregate_id=f"a-{sequence}",
-        aggregate_version=1,
-        partner_id=partner,
-        time=datetime(2026, 1, 1, tzinfo=UTC),
-        data={"total_minor": amount},
-    )
-
-
-class Totals:
-    name = "totals"
-
-    def handles(self, event: EventEnvelope) -> bool:
-        return event.type == "prm.sale.recorded.v1"
-
-    def apply(self, event: EventEnvelope, view: ReadView) -> None:
-        key = event.partner_id or "direct"
-        doc = view.get("partner", key) or {"revenue": 0, "sales": 0}
-        doc["revenue"] += event.data["total_minor"]
-        doc["sales"] += 1
-        view.put("partner", key, doc)
 
 
 # ---- same read models in every mode -------------------------------------------------
