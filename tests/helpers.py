@@ -6,6 +6,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from consumers.topics import TopicDefaults, TopicNames, admin_client, delete_topics, ensure_topics
 from domain.application import PartnerProgram
@@ -91,3 +95,19 @@ class Totals:
         doc["revenue"] += event.data["total_minor"]
         doc["sales"] += 1
         view.put("partner", key, doc)
+
+
+def checkpoint_offsets(conn: psycopg.Connection[Any], schema: str) -> dict[str, dict[str, int]]:
+    """Read-model checkpoints in ``schema``: projection -> source -> highest offset applied ({} before any)."""
+    exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".rm_checkpoints',)).fetchone()
+    if not exists or exists[0] is None:
+        return {}
+    rows = conn.execute(
+        sql.SQL('SELECT projection, source, "offset" FROM {} WHERE "offset" IS NOT NULL').format(
+            sql.Identifier(schema, "rm_checkpoints")
+        )
+    ).fetchall()
+    out: dict[str, dict[str, int]] = {}
+    for projection, source, offset in rows:
+        out.setdefault(projection, {})[source] = offset
+    return out

@@ -55,6 +55,7 @@ from projections.port import Doc, DocKey
 from projections.postgres import PostgresProjectionStore
 from projections.runner import run_projections
 from projections.store_reader import read_store
+from tests.helpers import checkpoint_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -246,22 +247,6 @@ def relay_position(conn: psycopg.Connection[Any], schema: str) -> int:
         (RELAY_NAME,),
     ).fetchone()
     return int(row[0]) if row else 0
-
-
-def checkpoint_offsets(conn: psycopg.Connection[Any], schema: str) -> dict[str, dict[str, int]]:
-    """projection -> source -> highest offset applied."""
-    exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".rm_checkpoints',)).fetchone()
-    if not exists or exists[0] is None:
-        return {}
-    rows = conn.execute(
-        sql.SQL('SELECT projection, source, "offset" FROM {} WHERE "offset" IS NOT NULL').format(
-            sql.Identifier(schema, "rm_checkpoints")
-        )
-    ).fetchall()
-    out: dict[str, dict[str, int]] = {}
-    for projection, source, offset in rows:
-        out.setdefault(projection, {})[source] = offset
-    return out
 
 
 # --------------------------------------------------------------------------- driving the sample

@@ -42,6 +42,7 @@ from projections.port import Doc, DocKey, Projection
 from projections.postgres import PostgresProjectionStore
 from projections.runner import run_projections
 from projections.store_reader import read_store
+from tests.helpers import checkpoint_offsets as read_checkpoint_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -281,18 +282,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLI
 def checkpoint_offsets(pg_url: str, schema: str) -> dict[str, dict[str, int]]:
     """projection -> source -> highest offset applied."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".rm_checkpoints',)).fetchone()
-        if not exists or exists[0] is None:
-            return {}
-        rows = conn.execute(
-            sql.SQL('SELECT projection, source, "offset" FROM {} WHERE "offset" IS NOT NULL').format(
-                sql.Identifier(schema, "rm_checkpoints")
-            )
-        ).fetchall()
-    out: dict[str, dict[str, int]] = {}
-    for projection, source, offset in rows:
-        out.setdefault(projection, {})[source] = offset
-    return out
+        return read_checkpoint_offsets(conn, schema)
 
 
 def applied_count(pg_url: str, schema: str, sources: list[str]) -> int:
