@@ -8,11 +8,10 @@ Composition only: settings are read here, the worker itself is
   ``--schema`` is given (``public`` when neither is set);
 * ``kafka_bootstrap`` (``PRM_KAFKA_BOOTSTRAP``), ``log_format``, ``log_level``.
 
-For the lead -- settings worth adding to ``api/settings.py`` (nothing was added
-here): ``read_model_schema`` (``PRM_READ_MODEL_SCHEMA``; today the read models
-share the event store's schema setting), ``worker_id`` (``PRM_WORKER_ID``, the
-consumer group), ``worker_projections`` and ``topic_prefix``; the options below
-would then default to them.
+The consumer group (``--workers-id``), the projections (``--projections``) and
+the topic prefix (``--topic-prefix``) are command-line options only, with no
+setting behind them. The read models have no schema setting of their own: they
+share the event store's ``database_schema``.
 
 Projections are looked up by name in :data:`PROJECTIONS`. The ledger and the
 conflicts are imported lazily, so a missing or broken module is a clear error

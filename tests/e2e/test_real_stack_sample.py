@@ -1,8 +1,8 @@
 """The sample programme end to end on the real stack: the read models equal the in-process run.
 
-The issue: "the sample programme published through ``prm.sales.v1`` and the command path produces, after
+Requirement: the sample programme published through ``prm.sales.v1`` and the command path produces, after
 the workers catch up, exactly the ledger, conflicts and KPIs that the in-process run produces from the
-same events."
+same events.
 
 * ``prm ingest``, ``prm relay`` and ``prm worker --projections ledger,conflicts,dashboards`` run as
   subprocesses on a fresh PostgreSQL schema and a unique topic prefix;
