@@ -121,6 +121,14 @@ def worker(
         float, typer.Option(min=0.0, help="Seconds to wait for the programme owner before reading it ourselves.")
     ] = 0.5,
     lag_interval: Annotated[float, typer.Option(min=0.0, help="Seconds between lag reports (0: none).")] = 30.0,
+    keep_docs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Documents each projection's lock scope keeps between batches, re-read only when another "
+            "writer changed them (0: read every batch afresh).",
+        ),
+    ] = WorkerConfig.keep_docs,
 ) -> None:
     """Run a projection worker: consume prm.events.v1 and prm.program.v1 into the PostgreSQL read models."""
     import psycopg
@@ -156,6 +164,7 @@ def worker(
         heartbeat_interval=min(1.0, session_timeout / 4),
         gate_patience=gate_patience,
         lag_interval=lag_interval,
+        keep_docs=keep_docs,
     )
     try:
         ProjectionWorker(config, specs).run(loglevel="DEBUG" if not quiet else "WARNING")

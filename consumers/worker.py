@@ -22,6 +22,17 @@ partitions, one after the other), so its shared documents are read and
 committed once per batch. Only when every unit is committed are the events
 acked to faust, which commits the offsets.
 
+* Working copies across batches (``keep_docs``, default 10,000 per lock scope):
+  the documents a batch read and wrote stay in memory for the next batch of the
+  same scope, as a bounded LRU. After taking the lock, the next batch asks the
+  store which documents *other* writers (other partitions' scopes, other
+  workers, a reset) changed since, from the revision stamped on every commit
+  (``PostgresProjectionStore.changes_since``: one indexed query of keys), and
+  drops those; everything else is used as it is, without reading and copying
+  it again. A delete or reset by another writer drops everything. A batch that
+  fails drops its scope's copies. With one conflicts writer in the group, its
+  shared index documents are then never read again; with several, each reads
+  what the others changed.
 * A redelivered event (crash, rebalance, re-published duplicate) has a sequence
   at or below the checkpoint and is skipped; the offset still advances.
 * The advisory lock serialises writers of the same documents across workers and
@@ -98,6 +109,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -113,7 +125,7 @@ from aiokafka.errors import KafkaError
 from consumers.program_gate import KafkaProbe, ProgramGate, Record, kafka_source
 from consumers.topics import TopicNames
 from projections.envelope import EventEnvelope
-from projections.port import Checkpoint, Projection, ProjectionStore
+from projections.port import Checkpoint, Doc, DocKey, Projection, ProjectionStore
 from projections.postgres import PostgresProjectionStore
 from projections.unit_of_work import UnitOfWork
 
@@ -162,6 +174,8 @@ class WorkerConfig:
     gate_patience: float = 0.5
     lag_interval: float = 30.0
     shutdown_grace: float = 10.0
+    # Working copies each lock scope keeps across batches (checked against other writers' revisions); 0: none.
+    keep_docs: int = 10_000
     datadir: Path = Path(".prm/faust")
     # Further faust settings (name, value), over the ones above: for measurements (bench/faust_tax.py).
     faust_options: tuple[tuple[str, Any], ...] = ()
@@ -201,13 +215,29 @@ class Applied:
     applied: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Kept:
+    """A lock scope's working copies between batches (``ReadModelWriter._unit``)."""
+
+    revision: int
+    """The projection's revision counter when the batch that kept them started."""
+    own: list[int]
+    """The revisions of that batch's commit (its documents are the copies themselves)."""
+    docs: OrderedDict[DocKey, Doc]
+
+
 class ReadModelWriter:
     """Applies Kafka records to the projections' PostgreSQL store; called from worker threads."""
 
-    def __init__(self, conninfo: str, schema: str, specs: Sequence[ProjectionSpec]) -> None:
+    def __init__(self, conninfo: str, schema: str, specs: Sequence[ProjectionSpec], keep_docs: int = 0) -> None:
         self.conninfo = conninfo
         self.schema = schema
         self.specs = list(specs)
+        # Working copies kept across batches, per lock scope (see ``_unit``); 0: read every batch afresh.
+        self.keep_docs = keep_docs
+        self._kept: dict[str, _Kept] = {}
+        self.reuse = {"kept": 0, "changed": 0, "dropped": 0}
+        """Counts: batches that started from kept copies; keys other writers changed meanwhile; caches dropped."""
         # Partition-local projections first (the programme partition applies every projection in this order).
         self.apply_order = sorted(self.specs, key=lambda spec: not spec.partition_local)
         self._local = threading.local()
@@ -290,20 +320,55 @@ class ReadModelWriter:
             with self.locked(scope) as store:
                 got = time.monotonic()
                 marks = store.checkpoints(spec.name)
-                unit = UnitOfWork(store, spec.name)
+                unit, synced = self._unit(store, spec.name, scope)
                 for source, envelopes in parts.items():
                     # The documents the projection names for these events, read in one query (after the lock).
                     unit.prefetch_events(spec.projection, (envelope for _, envelope in envelopes), source)
                 applied = 0
                 for source, envelopes in parts.items():
                     applied += _apply_source(unit, spec, source, envelopes, marks.get(source))
+                store.last_revision = None
                 unit.commit()
+                if synced is not None:
+                    self._keep(scope, unit, synced, store.last_revision)
                 result.applied[spec.name] = applied
             done = time.monotonic()
             with self._times:
                 self.lock_wait_s[spec.name] += got - asked
                 self.locked_s[spec.name] += done - got
         return result
+
+    def _unit(self, store: PostgresProjectionStore, projection: str, scope: str) -> tuple[UnitOfWork, int | None]:
+        """A unit of work for one batch under the lock ``scope``, and the revision it was synced at.
+
+        With ``keep_docs``, the unit starts from the working copies the previous batch of the
+        same scope kept, less every document another writer (another partition's scope, another
+        worker, a reset) changed since: ``changes_since`` names them from the revisions the
+        store stamps on each commit. The copies are taken out while the batch runs and put
+        back only after its commit (``_keep``), so a batch that fails leaves nothing behind.
+        """
+        if self.keep_docs <= 0:
+            return UnitOfWork(store, projection), None
+        with self._times:
+            kept = self._kept.pop(scope, None)
+        unit = UnitOfWork(store, projection, exclusive=True, keep=self.keep_docs)
+        changes = store.changes_since(projection, kept.revision if kept else None, kept.own if kept else ())
+        if kept is not None and changes.keys is not None:
+            for item in changes.keys:
+                kept.docs.pop(item, None)
+            unit.adopt(kept.docs)
+            with self._times:
+                self.reuse["kept"] += 1
+                self.reuse["changed"] += len(changes.keys)
+        elif kept is not None:
+            with self._times:
+                self.reuse["dropped"] += 1
+        return unit, changes.revision
+
+    def _keep(self, scope: str, unit: UnitOfWork, synced: int, committed: int | None) -> None:
+        own = [committed] if committed is not None else []
+        with self._times:
+            self._kept[scope] = _Kept(revision=synced, own=own, docs=unit.kept)
 
     def timings(self) -> dict[str, dict[str, float]]:
         """Per projection: seconds spent waiting for its lock and holding it, since the start."""
@@ -560,7 +625,7 @@ class ProjectionWorker:
             raise ValueError("the worker needs at least one projection")
         self.config = config
         self.specs = list(specs)
-        self.writer = ReadModelWriter(config.conninfo, config.schema, self.specs)
+        self.writer = ReadModelWriter(config.conninfo, config.schema, self.specs, keep_docs=config.keep_docs)
         self.pool = ThreadPoolExecutor(max_workers=max(1, config.threads), thread_name_prefix="prm-read-model")
         self.probe = KafkaProbe(config.bootstrap, client_id=f"{config.app_id}-probe")
         self.gate = ProgramGate(
@@ -801,6 +866,7 @@ class ProjectionWorker:
             events_per_s=round(rate, 1),
             gate_catch_ups=self.gate.helped,
             timings=self.writer.timings(),
+            kept_copies=dict(self.writer.reuse),
         )
 
     # ---- running ----------------------------------------------------------

@@ -3,12 +3,27 @@
 The connection is in autocommit mode: each read is a single statement (no
 BEGIN/COMMIT around it), and ``commit`` writes a whole batch in one explicit
 transaction with one statement per table.
+
+Revisions
+---------
+Every commit of a projection takes the next number of that projection's
+counter (``rm_revisions``) and stamps the documents it writes with it. The
+counter row is locked from the first statement of the commit to its end, so
+revisions are assigned in commit order: once a reader sees revision ``R``,
+every commit numbered ``R`` or below is visible. A commit that deletes
+documents (and ``reset``) is also listed in the counter's ``deleted`` (the
+last :data:`DELETES_KEPT`). :meth:`PostgresProjectionStore.changes_since`
+uses this to tell a writer that keeps documents across its batches (the Kafka
+workers, :class:`consumers.worker.ReadModelWriter`) which of them other
+writers changed since it last looked: one indexed query of keys, instead of
+reading every document again.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,7 +40,15 @@ CREATE TABLE IF NOT EXISTS {docs} (
     key text NOT NULL,
     doc jsonb NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    revision bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (projection, kind, key)
+);
+ALTER TABLE {docs} ADD COLUMN IF NOT EXISTS revision bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS {revision_index} ON {docs} (projection, revision);
+CREATE TABLE IF NOT EXISTS {revisions} (
+    projection text PRIMARY KEY,
+    revision bigint NOT NULL,
+    deleted bigint[] NOT NULL DEFAULT '{{}}'
 );
 CREATE TABLE IF NOT EXISTS {checkpoints} (
     projection text NOT NULL,
@@ -36,6 +59,26 @@ CREATE TABLE IF NOT EXISTS {checkpoints} (
     PRIMARY KEY (projection, source)
 );
 """
+
+
+DELETES_KEPT = 64
+"""How many of a projection's latest deleting commits the revision counter lists (deletes are rare:
+a conflict that turned out not to be one, a reset); a reader that fell further behind reads everything."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What other writers changed in a projection since a reader's revision.
+
+    (:meth:`PostgresProjectionStore.changes_since`.)
+
+    ``revision``: the counter when asked. ``keys``: the documents written since by commits other
+    than the reader's own, or ``None`` when the reader must forget everything it holds (documents
+    were deleted or reset by another writer, or the reader's revision is unknown or too old).
+    """
+
+    revision: int
+    keys: list[DocKey] | None
 
 
 SCHEMA_SETUP_LOCK = "prm_schema_setup"
@@ -72,6 +115,9 @@ class PostgresProjectionStore:
         self._conn: psycopg.Connection[Any] | None = None
         self.docs = sql.Identifier(schema, "rm_docs")
         self.marks = sql.Identifier(schema, "rm_checkpoints")
+        self.revisions = sql.Identifier(schema, "rm_revisions")
+        self.last_revision: int | None = None
+        """The revision of this store's last successful ``commit`` (``None`` before the first)."""
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -86,7 +132,14 @@ class PostgresProjectionStore:
         with self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA_SETUP_LOCK,))
             self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
-            self.conn.execute(sql.SQL(_SCHEMA_DDL).format(docs=self.docs, checkpoints=self.marks))
+            self.conn.execute(
+                sql.SQL(_SCHEMA_DDL).format(
+                    docs=self.docs,
+                    checkpoints=self.marks,
+                    revisions=self.revisions,
+                    revision_index=sql.Identifier("rm_docs_revision"),
+                )
+            )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -136,7 +189,10 @@ class PostgresProjectionStore:
     ) -> None:
         deleted = list(deletes)
         marks = list(checkpoints)
+        if not upserts and not deleted and not marks:
+            return
         with self.conn.transaction():
+            revision = self._next_revision(projection, deleting=bool(deleted))
             if upserts:
                 # One statement and one parameter for the whole batch: a JSON array of [kind, key, doc],
                 # serialised by orjson (psycopg's text[] literal quoting of documents costs far more).
@@ -144,11 +200,12 @@ class PostgresProjectionStore:
                 rows = orjson.dumps([[kind, key, doc] for (kind, key), doc in upserts.items()]).decode()
                 self.conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (projection, kind, key, doc) "
-                        "SELECT %s, e->>0, e->>1, e->2 FROM jsonb_array_elements(%s::jsonb) AS e "
-                        "ON CONFLICT (projection, kind, key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()"
+                        "INSERT INTO {} (projection, kind, key, doc, revision) "
+                        "SELECT %s, e->>0, e->>1, e->2, %s FROM jsonb_array_elements(%s::jsonb) AS e "
+                        "ON CONFLICT (projection, kind, key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now(), "
+                        "revision = EXCLUDED.revision"
                     ).format(self.docs),
-                    (projection, rows),
+                    (projection, revision, rows),
                 )
             if deleted:
                 self.conn.execute(
@@ -168,9 +225,53 @@ class PostgresProjectionStore:
                         ).format(self.marks),
                         [(projection, m.source, m.sequence, m.offset) for m in marks],
                     )
+        self.last_revision = revision
+
+    def _next_revision(self, projection: str, *, deleting: bool) -> int:
+        """Take the projection's next revision (inside the caller's transaction; the row stays locked until it ends)."""
+        row = self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {r} (projection, revision, deleted) VALUES (%(p)s, 1, "
+                "CASE WHEN %(d)s THEN ARRAY[1::bigint] ELSE '{{}}'::bigint[] END) "
+                "ON CONFLICT (projection) DO UPDATE SET revision = {r}.revision + 1, deleted = CASE WHEN %(d)s "
+                "THEN ({r}.deleted || ({r}.revision + 1))[greatest(1, cardinality({r}.deleted) + 2 - %(k)s):] "
+                "ELSE {r}.deleted END RETURNING revision"
+            ).format(r=self.revisions),
+            {"p": projection, "d": deleting, "k": DELETES_KEPT},
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def changes_since(self, projection: str, revision: int | None, own: Collection[int] = ()) -> Changes:
+        """The documents of ``projection`` that commits other than ``own`` wrote after ``revision``.
+
+        ``revision``: the counter as the reader last saw it (``None``: never). ``own``: the revisions
+        of the reader's own commits since then (their documents are what the reader wrote). Keys
+        only: the reader drops what it holds of them and reads them again when needed.
+        """
+        row = self.conn.execute(
+            sql.SQL("SELECT revision, deleted FROM {} WHERE projection = %s").format(self.revisions), (projection,)
+        ).fetchone()
+        current, deleted = (int(row[0]), [int(d) for d in row[1]]) if row is not None else (0, [])
+        if revision is None or current < revision:
+            return Changes(current, None)
+        if current == revision:
+            return Changes(current, [])
+        foreign_deletes = [d for d in deleted if d > revision and d not in own]
+        if foreign_deletes or (len(deleted) >= DELETES_KEPT and deleted[0] > revision):
+            return Changes(current, None)
+        mine = sorted(own)
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT kind, key FROM {} WHERE projection = %s AND revision > %s AND revision <> ALL(%s::bigint[])"
+            ).format(self.docs),
+            (projection, revision, mine),
+        ).fetchall()
+        return Changes(current, [(kind, key) for kind, key in rows])
 
     def reset(self, projection: str) -> None:
         with self.conn.transaction():
+            self._next_revision(projection, deleting=True)
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(self.docs), (projection,))
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(self.marks), (projection,))
 

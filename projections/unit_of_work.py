@@ -53,8 +53,14 @@ store holds for its key. That holds because:
 * a batch that fails (a reducer raises, the commit raises) leaves its copies
   possibly changed but uncommitted: the unit must then be dropped, not committed
   or used again. The replay and ``run_projections`` let the error end the run (a
-  new run makes new units and resumes from the committed checkpoints); the Kafka
-  worker uses the default mode, which keeps nothing across batches.
+  new run makes new units and resumes from the committed checkpoints).
+
+The Kafka workers share a store with other writers, yet keep copies across batches:
+each batch is a new exclusive unit, under the projection's lock, that
+adopts (:meth:`UnitOfWork.adopt`) what the previous unit of the same lock kept, less the
+documents another writer changed meanwhile (the store's revisions say which:
+``PostgresProjectionStore.changes_since``); a failed batch's unit is dropped with
+its copies (``consumers.worker.ReadModelWriter``).
 """
 
 from __future__ import annotations
@@ -227,6 +233,26 @@ class UnitOfWork:
         self._checkpoints.update(self._moved)
         self._overlay = {}
         self._moved = {}
+
+    # ---- working copies across units ------------------------------------
+    @property
+    def kept(self) -> OrderedDict[DocKey, Doc]:
+        """Exclusive: the working copies kept after the last commit (an LRU, oldest use first)."""
+        return self._kept
+
+    def adopt(self, kept: OrderedDict[DocKey, Doc]) -> None:
+        """Start from the working copies another unit of this projection kept (:attr:`kept`), before any read.
+
+        For a writer that holds the projection's lock batch after batch but builds a new
+        unit each time (the Kafka workers): what it kept is, as of its last commit, what
+        the store held, provided the caller first drops every key that another writer
+        changed since (``PostgresProjectionStore.changes_since``). An unknown key is read
+        from the store (the unit is not ``complete``).
+        """
+        if not self.exclusive or self._working or self._overlay:
+            raise ValueError("adopt: an exclusive unit, before it is used")
+        self._kept = kept
+        self.complete = False
 
     def _keep_working_copies(self, upserts: Mapping[DocKey, Doc], deletes: Iterable[DocKey]) -> None:
         """After a commit, exclusive: keep this batch's copies (and what was put) for the next batches.
