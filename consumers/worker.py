@@ -24,7 +24,7 @@ acked to faust, which commits the offsets.
 
 * Working copies across batches (``keep_docs``, default 10,000 per lock scope):
   the documents a batch read and wrote stay in memory for the next batch of the
-  same scope, as a bounded LRU. After taking the lock, the next batch asks the
+  same scope, as a bounded LRU, with the keys found missing. After taking the lock, the next batch asks the
   store which documents *other* writers (other partitions' scopes, other
   workers, a reset) changed since, from the revision stamped on every commit
   (``PostgresProjectionStore.changes_since``: one indexed query of keys), and
@@ -224,6 +224,10 @@ class _Kept:
     own: list[int]
     """The revisions of that batch's commit (its documents are the copies themselves)."""
     docs: OrderedDict[DocKey, Doc]
+    absent: set[DocKey]
+    """Keys that batch knew not to exist."""
+    known: dict[str, set[str]]
+    """Every key of the projection's ``sparse_kinds``."""
 
 
 class ReadModelWriter:
@@ -320,7 +324,7 @@ class ReadModelWriter:
             with self.locked(scope) as store:
                 got = time.monotonic()
                 marks = store.checkpoints(spec.name)
-                unit, synced = self._unit(store, spec.name, scope)
+                unit, synced = self._unit(store, spec, scope)
                 for source, envelopes in parts.items():
                     # The documents the projection names for these events, read in one query (after the lock).
                     unit.prefetch_events(spec.projection, (envelope for _, envelope in envelopes), source)
@@ -338,7 +342,7 @@ class ReadModelWriter:
                 self.locked_s[spec.name] += done - got
         return result
 
-    def _unit(self, store: PostgresProjectionStore, projection: str, scope: str) -> tuple[UnitOfWork, int | None]:
+    def _unit(self, store: PostgresProjectionStore, spec: ProjectionSpec, scope: str) -> tuple[UnitOfWork, int | None]:
         """A unit of work for one batch under the lock ``scope``, and the revision it was synced at.
 
         With ``keep_docs``, the unit starts from the working copies the previous batch of the
@@ -346,7 +350,10 @@ class ReadModelWriter:
         worker, a reset) changed since: ``changes_since`` names them from the revisions the
         store stamps on each commit. The copies are taken out while the batch runs and put
         back only after its commit (``_keep``), so a batch that fails leaves nothing behind.
+        The keys of the projection's ``sparse_kinds`` (if it names any) are read once, then
+        kept up to date the same way.
         """
+        projection = spec.name
         if self.keep_docs <= 0:
             return UnitOfWork(store, projection), None
         with self._times:
@@ -356,19 +363,25 @@ class ReadModelWriter:
         if kept is not None and changes.keys is not None:
             for item in changes.keys:
                 kept.docs.pop(item, None)
-            unit.adopt(kept.docs)
+                kept.absent.discard(item)
+                if item[0] in kept.known:
+                    kept.known[item[0]].add(item[1])
             with self._times:
                 self.reuse["kept"] += 1
                 self.reuse["changed"] += len(changes.keys)
-        elif kept is not None:
-            with self._times:
-                self.reuse["dropped"] += 1
+        else:
+            if kept is not None:
+                with self._times:
+                    self.reuse["dropped"] += 1
+            sparse: Iterable[str] = getattr(spec.projection, "sparse_kinds", ())
+            kept = _Kept(0, [], OrderedDict(), set(), {kind: store.keys(projection, kind) for kind in sparse})
+        unit.adopt(kept.docs, kept.absent, kept.known)
         return unit, changes.revision
 
     def _keep(self, scope: str, unit: UnitOfWork, synced: int, committed: int | None) -> None:
         own = [committed] if committed is not None else []
         with self._times:
-            self._kept[scope] = _Kept(revision=synced, own=own, docs=unit.kept)
+            self._kept[scope] = _Kept(synced, own, unit.kept, unit.absent, unit.known)
 
     def timings(self) -> dict[str, dict[str, float]]:
         """Per projection: seconds spent waiting for its lock and holding it, since the start."""

@@ -308,6 +308,9 @@ class ChannelConflicts:
     """The channel-conflicts projection (a reducer over recorded events)."""
 
     name = NAME
+    sparse_kinds = frozenset({CONFLICT, DECISION})
+    """Kinds looked up for every candidate pair, though few pairs have one: a writer that keeps documents
+    across batches (``consumers.worker.ReadModelWriter``) reads their keys once instead of each missing one."""
 
     def handles(self, event: EventEnvelope) -> bool:
         return event.type in _HANDLED

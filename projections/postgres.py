@@ -173,6 +173,13 @@ class PostgresProjectionStore:
         ).fetchall()
         return dict(rows)
 
+    def keys(self, projection: str, kind: str) -> set[str]:
+        """Every key of ``kind`` (without the documents)."""
+        rows = self.conn.execute(
+            sql.SQL("SELECT key FROM {} WHERE projection = %s AND kind = %s").format(self.docs), (projection, kind)
+        ).fetchall()
+        return {key for (key,) in rows}
+
     def checkpoints(self, projection: str) -> dict[str, Checkpoint]:
         rows = self.conn.execute(
             sql.SQL('SELECT source, sequence, "offset" FROM {} WHERE projection = %s').format(self.marks),

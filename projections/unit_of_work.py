@@ -115,6 +115,8 @@ class UnitOfWork:
         self._working: dict[DocKey, Doc] = {}  # this batch's working copies
         self._kept: OrderedDict[DocKey, Doc] = OrderedDict()  # exclusive: earlier batches' copies, oldest use first
         self._cache: dict[DocKey, Doc | None] = {}
+        self._absent: set[DocKey] = set()  # exclusive and bounded: keys known not to exist, across batches
+        self._known: dict[str, set[str]] = {}  # adopted: every key of these kinds (any other does not exist)
         self._kinds_loaded: set[str] = set()
         self._checkpoints = dict(store.checkpoints(projection))
         self._moved: dict[str, Checkpoint] = {}
@@ -135,6 +137,12 @@ class UnitOfWork:
             if doc is not None:
                 self._working[item] = doc
                 return doc
+        if item in self._absent:
+            return None
+        if self._known:
+            known = self._known.get(kind)
+            if known is not None and key not in known:
+                return None
         if item in self._cache:
             cached = self._cache[item]
         elif self.complete or kind in self._kinds_loaded:
@@ -180,6 +188,8 @@ class UnitOfWork:
                 and item not in self._overlay
                 and item not in self._working
                 and item not in self._kept
+                and item not in self._absent
+                and (item[0] not in self._known or item[1] in self._known[item[0]])
                 and item[0] not in self._kinds_loaded
             }
         )
@@ -240,18 +250,37 @@ class UnitOfWork:
         """Exclusive: the working copies kept after the last commit (an LRU, oldest use first)."""
         return self._kept
 
-    def adopt(self, kept: OrderedDict[DocKey, Doc]) -> None:
+    @property
+    def absent(self) -> set[DocKey]:
+        """Exclusive and bounded (``keep``): keys known, after the last commit, not to exist in the store."""
+        return self._absent
+
+    @property
+    def known(self) -> dict[str, set[str]]:
+        """Kinds whose every key is known (see :meth:`adopt`), kept up to date by each commit."""
+        return self._known
+
+    def adopt(
+        self,
+        kept: OrderedDict[DocKey, Doc],
+        absent: set[DocKey] | None = None,
+        known: dict[str, set[str]] | None = None,
+    ) -> None:
         """Start from the working copies another unit of this projection kept (:attr:`kept`), before any read.
 
         For a writer that holds the projection's lock batch after batch but builds a new
         unit each time (the Kafka workers): what it kept is, as of its last commit, what
         the store held, provided the caller first drops every key that another writer
-        changed since (``PostgresProjectionStore.changes_since``). An unknown key is read
-        from the store (the unit is not ``complete``).
+        changed since (``PostgresProjectionStore.changes_since``). The same holds for the
+        keys it knew to be missing (:attr:`absent`), and for ``known``: every key of those
+        kinds that exists (a projection's ``sparse_kinds``, looked up far more often than
+        they exist). Any other key is read from the store (the unit is not ``complete``).
         """
         if not self.exclusive or self._working or self._overlay:
             raise ValueError("adopt: an exclusive unit, before it is used")
         self._kept = kept
+        self._absent = absent if absent is not None else set()
+        self._known = known if known is not None else {}
         self.complete = False
 
     def _keep_working_copies(self, upserts: Mapping[DocKey, Doc], deletes: Iterable[DocKey]) -> None:
@@ -264,13 +293,20 @@ class UnitOfWork:
         working = self._working
         kept = self._kept
         cache = self._cache
+        absent = self._absent
+        known = self._known
         for item in deletes:
             working.pop(item, None)
             kept.pop(item, None)
             cache[item] = None
+            if item[0] in known:
+                known[item[0]].discard(item[1])
         for item, doc in upserts.items():
             kept.pop(item, None)
+            absent.discard(item)
             working[item] = doc
+            if item[0] in known:
+                known[item[0]].add(item[1])
         # This batch's documents become the most recently used (a kept copy that was got was moved
         # out of ``kept`` by ``get``); their store snapshots are no longer needed.
         for item in working:
@@ -286,7 +322,11 @@ class UnitOfWork:
             # An evicted document exists in the store but is no longer known here: read it when needed.
             self.complete = False
         if not self.complete:
-            # Bounded: store snapshots (and ``None`` for missing keys) live for one batch, as in the
-            # default mode; only the kept copies (at most ``keep``) survive.
+            # Bounded: store snapshots live for one batch, as in the default mode; only the kept
+            # copies (at most ``keep``) survive, and the keys found missing (at most ``4 * keep``,
+            # then forgotten all at once: reading a key again is only slower).
+            absent.update(item for item, doc in cache.items() if doc is None)
+            if len(absent) > 4 * max(self.keep, 1_000):
+                absent.clear()
             self._cache = {}
             self._kinds_loaded = set()
