@@ -3,6 +3,7 @@
     .venv/bin/python bench/faust_tax.py [--events 200000] [--runs raw,parse,getmany:noop,faust:noop]
     .venv/bin/python bench/faust_tax.py --events 30000 --runs parse,getmany:all,faust:all,faust:all:2
     .venv/bin/python bench/faust_tax.py --events 100000 --runs faust:noop --profile
+    .venv/bin/python bench/faust_tax.py --events 30000 --runs faust:all,faust:ledger+dashboards:1/conflicts:1
 
 Needs the servers of ``deploy/up``. The history (``--events`` synthetic envelopes
 from :mod:`bench.synthetic`, or the recorded sample itself with ``--events 0``) is
@@ -20,7 +21,12 @@ benchmark run:
   :meth:`ProjectionWorker.process_program`, i.e. the same gate, per-partition
   batches, advisory locks, units of work, checkpoints). ``PROJECTIONS`` is ``noop``
   (a projection that handles nothing: parsing, batching, gate, checkpoints and acks
-  only), ``all`` (ledger, conflicts, dashboards) or a ``+``-separated list.
+  only), ``all`` (ledger, conflicts, dashboards) or a ``+``-separated list;
+* ``DRIVER:PROJECTIONS[:PROCESSES]/PROJECTIONS[:PROCESSES]…``: a deployment of
+  several consumer groups on one read-model schema, e.g.
+  ``faust:ledger+dashboards:2/conflicts:1`` (two workers for the partition-local
+  projections, one for the channel conflicts), timed until every projection of
+  every group has applied every event.
 
 A worker's rate is timed **from its first committed batch to its last event applied**
 (the benchmark polls the checkpoints in PostgreSQL every 20 ms), so process start,
@@ -45,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -111,12 +118,10 @@ def _child(argv: list[str]) -> None:
         schema=schema,
         topic_prefix=prefix,
         lag_interval=0,
-        **(
-            {"faust_options": tuple(json.loads(options).items())}
-            if (options := os.environ.get("PRM_BENCH_FAUST_OPTIONS"))
-            else {}
-        ),
+        faust_options=tuple(json.loads(os.environ.get("PRM_BENCH_FAUST_OPTIONS") or "{}").items()),
     )
+    if keep := os.environ.get("PRM_BENCH_KEEP_DOCS"):  # unset: the worker's default (older code has no such field)
+        config = dataclasses.replace(config, keep_docs=int(keep))
     if projections == NOOP:
         specs = [ProjectionSpec(NoOp(), partition_local=True)]
     else:
@@ -322,27 +327,32 @@ def workers_run(
     names: TopicNames,
     last: dict[str, int],
     driver: str,
-    projections: str,
-    count: int,
+    groups: list[tuple[str, int]],
     profile: bool,
     timeout: float,
 ) -> WorkerRun:
+    """Start ``count`` worker processes for each ``(projections, count)`` of ``groups`` (one consumer group
+    each, one read-model schema for all) and time them until every projection has applied every event."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     group = f"bench-{uuid.uuid4().hex[:8]}"
     create_schema(url, schema)
     env = {**os.environ, "PRM_DATABASE_URL": url, "PRM_KAFKA_BOOTSTRAP": bootstrap, "PRM_LOG_FORMAT": "json"}
     if WORKER_TREE:
         env["PYTHONPATH"] = WORKER_TREE  # the workers import the code of another checkout (before/after)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", driver, group, names.prefix, schema]
-    command.append(projections)
-    names_of = [NOOP] if projections == NOOP else [n for n in projections.split("+") if n]
-    logs = [Path(tempfile.mkstemp(prefix=f"{group}-w{i}-", suffix=".log")[1]) for i in range(count)]
-    stacks = OUT / f"faust_tax-{driver}-{projections}-{group}.collapsed" if profile else None
+    commands: list[list[str]] = []
+    names_of: list[str] = []
+    for g, (projections, count) in enumerate(groups):
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", driver, f"{group}-g{g}", names.prefix]
+        commands += [[*command, schema, projections]] * count
+        names_of += [NOOP] if projections == NOOP else [n for n in projections.split("+") if n]
+    logs = [Path(tempfile.mkstemp(prefix=f"{group}-w{i}-", suffix=".log")[1]) for i in range(len(commands))]
+    spelled = "/".join(f"{projections}:{count}" for projections, count in groups)
+    stacks = OUT / f"faust_tax-{driver}-{spelled.replace('/', '-')}-{group}.collapsed" if profile else None
     total = sum(o + 1 for o in last.values())
     processes: list[subprocess.Popen[bytes]] = []
     try:
         launched = time.perf_counter()
-        for i, log in enumerate(logs):
+        for i, (command, log) in enumerate(zip(commands, logs, strict=True)):
             argv = command
             if stacks is not None and i == 0:
                 argv = [PYSPY, "record", "--format", "raw", "--rate", "200", "--threads", "--gil"]
@@ -385,7 +395,7 @@ def workers_run(
             stopped = [json.loads(x) for x in log.read_text(errors="replace").splitlines() if '"worker.stopped"' in x]
             shares.append(stopped[-1]["applied_events"] if stopped else -1)
             timings.append(stopped[-1].get("projections") if stopped else None)
-        label = f"{driver} worker x{count}, {projections}"
+        label = " + ".join(f"{driver} worker x{count}, {projections}" for projections, count in groups)
         return WorkerRun(
             label,
             total,
@@ -453,6 +463,9 @@ def main() -> None:
         default="",
         help="JSON object of faust settings for the faust workers, e.g. '{\"broker_max_poll_records\": 5000}'",
     )
+    parser.add_argument(
+        "--keep-docs", type=int, default=None, help="the workers' keep_docs (default: WorkerConfig's; 0: none)"
+    )
     parser.add_argument("--timeout", type=float, default=280.0, help="seconds a worker run may take")
     parser.add_argument(
         "--database-url", default=os.environ.get("PRM_TEST_DATABASE_URL", "postgresql://prm@127.0.0.1:54329/prm_test")
@@ -463,6 +476,8 @@ def main() -> None:
     WORKER_TREE = str(Path(args.worker_tree).resolve()) if args.worker_tree else ""
     if args.faust_options:
         os.environ["PRM_BENCH_FAUST_OPTIONS"] = json.dumps(json.loads(args.faust_options))
+    if args.keep_docs is not None:
+        os.environ["PRM_BENCH_KEEP_DOCS"] = str(args.keep_docs)
     OUT.mkdir(parents=True, exist_ok=True)
     lines = history(args.events, args.seed, args.scale)
     started_at = datetime.now(UTC)
@@ -485,18 +500,13 @@ def main() -> None:
                 )
                 row: dict[str, Any] = {"run": run, "events": n, "seconds": seconds, "rate": n / seconds}
             else:
-                driver, projections, *rest = run.split(":")
-                projections = ALL if projections == "all" else projections
+                driver, _, spelled = run.partition(":")
+                groups = []
+                for part in spelled.split("/"):
+                    projections, _, count = part.partition(":")
+                    groups.append((ALL if projections == "all" else projections, int(count or 1)))
                 result = workers_run(
-                    args.database_url,
-                    args.bootstrap,
-                    names,
-                    last,
-                    driver,
-                    projections,
-                    int(rest[0]) if rest else 1,
-                    args.profile,
-                    args.timeout,
+                    args.database_url, args.bootstrap, names, last, driver, groups, args.profile, args.timeout
                 )
                 row = {
                     "run": run,
@@ -521,6 +531,8 @@ def main() -> None:
                 row["worker_tree"] = WORKER_TREE
             if args.faust_options and run.startswith("faust"):
                 row["faust_options"] = json.loads(args.faust_options)
+            if args.keep_docs is not None:
+                row["keep_docs"] = args.keep_docs
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
