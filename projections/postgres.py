@@ -262,8 +262,8 @@ class PostgresProjectionStore:
         current, deleted = (int(row[0]), [int(d) for d in row[1]]) if row is not None else (0, [])
         if revision is None or current < revision:
             return Changes(current, None)
-        if current == revision:
-            return Changes(current, [])
+        if current - revision <= len(own) and set(range(revision + 1, current + 1)) <= set(own):
+            return Changes(current, [])  # no commit since, or only the reader's own
         foreign_deletes = [d for d in deleted if d > revision and d not in own]
         if foreign_deletes or (len(deleted) >= DELETES_KEPT and deleted[0] > revision):
             return Changes(current, None)

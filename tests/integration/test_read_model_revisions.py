@@ -106,11 +106,13 @@ def test_the_list_of_deleting_commits_is_bounded(
     row = deleted.fetchone()
     assert row is not None and len(row[0]) == DELETES_KEPT
     assert row[0] == list(range(DELETES_KEPT + 6 - DELETES_KEPT + 1, DELETES_KEPT + 6 + 1))
-    # Every deleting commit was this writer's, but the oldest ones are no longer listed: from revision 1 it can't
-    # tell, so it forgets everything; from a recent revision it can.
-    own = range(2, DELETES_KEPT + 7)
-    assert one.changes_since("p", 1, own).keys is None
-    assert one.changes_since("p", DELETES_KEPT, own).keys == []
+    own = set(range(2, DELETES_KEPT + 7))
+    # Every commit since revision 1 was this reader's own: nothing to forget.
+    assert one.changes_since("p", 1, own).keys == []
+    # Had revision 3 been another writer's, its delete is no longer listed: the reader can't tell, so it forgets
+    # everything; from a revision after the oldest one listed, it can tell.
+    assert one.changes_since("p", 1, own - {3}).keys is None
+    assert one.changes_since("p", DELETES_KEPT, own - {3}).keys == []
     assert two.changes_since("p", DELETES_KEPT + 5).keys is None
 
 
