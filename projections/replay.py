@@ -166,6 +166,9 @@ class ReplayStats:
     time_inversions: int = 0
     batches: int = 0
     elapsed_s: float = 0.0
+    copies: int = 0
+    """Documents the units of work copied from the target (kept copies are not copied again); not recorded
+    in the target's run history."""
 
     @property
     def rate(self) -> float:
@@ -343,6 +346,7 @@ def _replay(
         )
         target_store.commit(META, {(_META_KIND, _META_KEY): meta}, [], [])
         freeze()
+        stats.copies = sum(unit.copies for unit in units.values())
         stats.batches += 1
         stats.elapsed_s = time.perf_counter() - started
         if progress is not None:
