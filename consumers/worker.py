@@ -32,7 +32,13 @@ acked to faust, which commits the offsets.
   it again. A delete or reset by another writer drops everything. A batch that
   fails drops its scope's copies. With one conflicts writer in the group, its
   shared index documents are then never read again; with several, each reads
-  what the others changed.
+  what the others changed. Past ``max(1,000, copies held)`` changed keys the
+  scope reads afresh instead (a rarely used scope, such as the programme
+  partition's). Memory: at most ``keep_docs`` documents per scope, for every
+  scope this process has held (a projection and partition, or a projection).
+  Every writer must stamp revisions: a worker of a release without them would
+  write unseen, so stop all of those before starting these (the first start
+  adds the ``revision`` column and its index to an existing ``rm_docs``).
 * A redelivered event (crash, rebalance, re-published duplicate) has a sequence
   at or below the checkpoint and is skipped; the offset still advances.
 * The advisory lock serialises writers of the same documents across workers and
@@ -359,7 +365,13 @@ class ReadModelWriter:
         with self._times:
             kept = self._kept.pop(scope, None)
         unit = UnitOfWork(store, projection, exclusive=True, keep=self.keep_docs)
-        changes = store.changes_since(projection, kept.revision if kept else None, kept.own if kept else ())
+        changes = store.changes_since(
+            projection,
+            kept.revision if kept else None,
+            kept.own if kept else (),
+            # Past this many changed keys, reading afresh is cheaper than listing them.
+            limit=max(1_000, len(kept.docs) + len(kept.absent)) if kept else None,
+        )
         if kept is not None and changes.keys is not None:
             for item in changes.keys:
                 kept.docs.pop(item, None)

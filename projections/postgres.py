@@ -249,12 +249,16 @@ class PostgresProjectionStore:
         assert row is not None
         return int(row[0])
 
-    def changes_since(self, projection: str, revision: int | None, own: Collection[int] = ()) -> Changes:
+    def changes_since(
+        self, projection: str, revision: int | None, own: Collection[int] = (), limit: int | None = None
+    ) -> Changes:
         """The documents of ``projection`` that commits other than ``own`` wrote after ``revision``.
 
         ``revision``: the counter as the reader last saw it (``None``: never). ``own``: the revisions
         of the reader's own commits since then (their documents are what the reader wrote). Keys
-        only: the reader drops what it holds of them and reads them again when needed.
+        only: the reader drops what it holds of them and reads them again when needed. More than
+        ``limit`` keys: "forget everything" instead (a reader that holds fewer documents than
+        others changed gains nothing from the list, e.g. one that ran rarely).
         """
         row = self.conn.execute(
             sql.SQL("SELECT revision, deleted FROM {} WHERE projection = %s").format(self.revisions), (projection,)
@@ -270,10 +274,13 @@ class PostgresProjectionStore:
         mine = sorted(own)
         rows = self.conn.execute(
             sql.SQL(
-                "SELECT kind, key FROM {} WHERE projection = %s AND revision > %s AND revision <> ALL(%s::bigint[])"
+                "SELECT kind, key FROM {} WHERE projection = %s AND revision > %s AND revision <> ALL(%s::bigint[]) "
+                "LIMIT %s"
             ).format(self.docs),
-            (projection, revision, mine),
+            (projection, revision, mine, None if limit is None else limit + 1),
         ).fetchall()
+        if limit is not None and len(rows) > limit:
+            return Changes(current, None)
         return Changes(current, [(kind, key) for kind, key in rows])
 
     def reset(self, projection: str) -> None:

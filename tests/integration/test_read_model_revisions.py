@@ -27,7 +27,7 @@ from domain.application import PartnerProgram
 from projections.envelope import EventEnvelope
 from projections.memory import InMemoryProjectionStore
 from projections.port import Checkpoint
-from projections.postgres import DELETES_KEPT, PostgresProjectionStore
+from projections.postgres import DELETES_KEPT, Changes, PostgresProjectionStore
 from projections.runner import run_projections
 from projections.store_reader import read_store
 
@@ -71,6 +71,10 @@ def test_changes_since_names_what_other_commits_wrote(
     one.commit("p", {("k", "b"): {"x": 3}}, [], [Checkpoint("s1", 2)])
     assert one.changes_since("p", seen.revision, [3]).keys == []
     assert two.changes_since("p", seen.revision).keys == [("k", "b")]
+    # More changed keys than the reader cares to hear of: forget everything.
+    assert two.changes_since("p", seen.revision, limit=1).keys == [("k", "b")]
+    assert two.changes_since("p", first, limit=2) == Changes(3, None)
+    assert sorted(two.changes_since("p", first, limit=3).keys or []) == [("k", "a"), ("k", "b"), ("k", "c")]
     # An empty commit takes no revision.
     two.commit("p", {}, [], [])
     assert two.changes_since("p", 3).keys == []
