@@ -329,15 +329,13 @@ class ReadModelWriter:
             asked = time.monotonic()
             with self.locked(scope) as store:
                 got = time.monotonic()
-                marks = store.checkpoints(spec.name)
-                unit, synced = self._unit(store, spec, scope)
+                unit, synced = self._unit(store, spec, scope)  # reads the checkpoints after the lock
                 for source, envelopes in parts.items():
                     # The documents the projection names for these events, read in one query (after the lock).
                     unit.prefetch_events(spec.projection, (envelope for _, envelope in envelopes), source)
                 applied = 0
                 for source, envelopes in parts.items():
-                    applied += _apply_source(unit, spec, source, envelopes, marks.get(source))
-                store.last_revision = None
+                    applied += _apply_source(unit, spec, source, envelopes, unit.checkpoint(source))
                 unit.commit()
                 if synced is not None:
                     self._keep(scope, unit, synced, store.last_revision)

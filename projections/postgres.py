@@ -117,7 +117,7 @@ class PostgresProjectionStore:
         self.marks = sql.Identifier(schema, "rm_checkpoints")
         self.revisions = sql.Identifier(schema, "rm_revisions")
         self.last_revision: int | None = None
-        """The revision of this store's last successful ``commit`` (``None`` before the first)."""
+        """The revision of this store's last ``commit`` (``None`` before the first, or if it wrote nothing)."""
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -197,6 +197,7 @@ class PostgresProjectionStore:
         deleted = list(deletes)
         marks = list(checkpoints)
         if not upserts and not deleted and not marks:
+            self.last_revision = None
             return
         with self.conn.transaction():
             revision = self._next_revision(projection, deleting=bool(deleted))

@@ -214,8 +214,12 @@ class UnitOfWork:
     # ---- batch ----------------------------------------------------------
     def seen(self, source: str, sequence: int) -> bool:
         """Whether an event with ``sequence`` from ``source`` was already applied."""
-        checkpoint = self._moved.get(source) or self._checkpoints.get(source)
+        checkpoint = self.checkpoint(source)
         return checkpoint is not None and sequence <= checkpoint.sequence
+
+    def checkpoint(self, source: str) -> Checkpoint | None:
+        """The checkpoint of ``source`` as this unit knows it (committed, or moved in this batch)."""
+        return self._moved.get(source) or self._checkpoints.get(source)
 
     def advance(self, source: str, sequence: int, offset: int | None = None) -> None:
         self._moved[source] = Checkpoint(source, sequence, offset)
